@@ -1,0 +1,120 @@
+package bpf
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/cilium/ebpf"
+)
+
+// Config is what the data path fixes at load time.
+type Config struct {
+	Frontend     netip.AddrPort // the VIP or the node's own address, and port
+	SNATLo       uint16         // SNAT port pool, inclusive
+	SNATHi       uint16
+	SynTimeout   time.Duration // half-open flows
+	IdleTimeout  time.Duration // established flows without traffic
+	CloseTimeout time.Duration // after a FIN
+	ResetTimeout time.Duration // after a RST
+	RefusedHold  time.Duration // how long a backend that refused a SYN is skipped
+	HashSeed     uint32        // 0 keeps the compiled-in seed
+}
+
+// DefaultTimeouts fills unset timeouts.
+func (c Config) withDefaults() Config {
+	if c.SynTimeout == 0 {
+		c.SynTimeout = 10 * time.Second
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = 2 * time.Hour
+	}
+	if c.CloseTimeout == 0 {
+		c.CloseTimeout = 10 * time.Second
+	}
+	if c.ResetTimeout == 0 {
+		c.ResetTimeout = 2 * time.Second
+	}
+	if c.RefusedHold == 0 {
+		c.RefusedHold = 10 * time.Second
+	}
+	return c
+}
+
+// Validate reports a configuration the data path cannot work with.
+func (c Config) Validate() error {
+	if !c.Frontend.Addr().Is4() {
+		return fmt.Errorf("frontend %s: need an IPv4 address", c.Frontend)
+	}
+	if c.Frontend.Port() == 0 {
+		return fmt.Errorf("frontend %s: need a port", c.Frontend)
+	}
+	if c.SNATLo == 0 || c.SNATLo > c.SNATHi {
+		return fmt.Errorf("snat ports %d-%d: need 1 <= lo <= hi", c.SNATLo, c.SNATHi)
+	}
+	if p := c.Frontend.Port(); p >= c.SNATLo && p <= c.SNATHi {
+		return fmt.Errorf("snat ports %d-%d contain the frontend port %d", c.SNATLo, c.SNATHi, p)
+	}
+	return nil
+}
+
+// LoadSpec returns the data path's collection spec with cfg set into its
+// load-time constants.
+func LoadSpec(cfg Config) (*ebpf.CollectionSpec, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	spec, err := loadXdplb()
+	if err != nil {
+		return nil, fmt.Errorf("parse embedded bpf object: %w", err)
+	}
+	set := []struct {
+		name  string
+		value any
+	}{
+		{"frontend_addr", BE32(cfg.Frontend.Addr())},
+		{"frontend_port", BE16(cfg.Frontend.Port())},
+		{"snat_port_lo", cfg.SNATLo},
+		{"snat_port_hi", cfg.SNATHi},
+		{"timeout_syn_ns", uint64(cfg.SynTimeout)},
+		{"timeout_established_ns", uint64(cfg.IdleTimeout)},
+		{"timeout_closing_ns", uint64(cfg.CloseTimeout)},
+		{"timeout_reset_ns", uint64(cfg.ResetTimeout)},
+		{"refused_hold_ns", uint64(cfg.RefusedHold)},
+	}
+	if cfg.HashSeed != 0 {
+		set = append(set, struct {
+			name  string
+			value any
+		}{"hash_seed", cfg.HashSeed})
+	}
+	for _, s := range set {
+		v, ok := spec.Variables[s.name]
+		if !ok {
+			return nil, fmt.Errorf("bpf object has no variable %s", s.name)
+		}
+		if err := v.Set(s.value); err != nil {
+			return nil, fmt.Errorf("set %s: %w", s.name, err)
+		}
+	}
+	return spec, nil
+}
+
+// Timeout returns the idle timeout of a flow in state s under cfg, as the
+// data path applies it; userspace GC uses the same rule.
+func (c Config) Timeout(s FlowState) time.Duration {
+	c = c.withDefaults()
+	switch s {
+	case FlowSynSent:
+		return c.SynTimeout
+	case FlowEstablished:
+		return c.IdleTimeout
+	case FlowClosing:
+		return c.CloseTimeout
+	}
+	return c.ResetTimeout
+}
+
+// LoadFloorSpec returns the MAC-swap XDP_TX program benchmarks compare with.
+func LoadFloorSpec() (*ebpf.CollectionSpec, error) { return loadFloor() }

@@ -1,0 +1,559 @@
+//go:build ignore
+
+// SPDX-License-Identifier: GPL-2.0 OR MIT
+/* xdplb data path: full-NAT TCP load balancing of one frontend address:port
+ * over backends chosen by Maglev, with connection tracking.
+ *
+ *   client:cport -> frontend:fport   becomes  frontend:snat -> backend:bport
+ *   backend:bport -> frontend:snat   becomes  frontend:fport -> client:cport
+ *
+ * The same logic runs as an XDP program and as a TC (clsact/tcx ingress)
+ * program; only reading the packet and applying the rewrite differ. */
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include <stddef.h>
+
+#include "xdplb_consts.h"
+#include "xdplb_structs.h"
+#include "xdplb_maps.h"
+#include "parsing.h"
+#include "csum.h"
+#include "jhash.h"
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+
+/* Load-time configuration, set by the loader through spec.Variables before
+ * the program is loaded. Addresses and the frontend port in network byte
+ * order; the SNAT range and timeouts in host order. */
+volatile const __be32 frontend_addr = 0;
+volatile const __be16 frontend_port = 0;
+volatile const __u16 snat_port_lo = 0;
+volatile const __u16 snat_port_hi = 0;
+volatile const __u64 timeout_syn_ns = 10ULL * 1000000000ULL;
+volatile const __u64 timeout_established_ns = 7200ULL * 1000000000ULL;
+volatile const __u64 timeout_closing_ns = 10ULL * 1000000000ULL;
+volatile const __u64 timeout_reset_ns = 2ULL * 1000000000ULL;
+/* How long a backend that answered a SYN with RST is skipped by new flows
+ * unless the health checker clears it sooner: the data path heals itself
+ * when no daemon runs. */
+volatile const __u64 refused_hold_ns = 10ULL * 1000000000ULL;
+/* Fixed, so both LBs of a pair pick the same backend for a connection. */
+volatile const __u32 hash_seed = 0x786c6231; /* "xlb1" */
+
+static __always_inline void count(__u32 reason)
+{
+	__u64 *c = bpf_map_lookup_elem(&stats, &reason);
+
+	if (c)
+		*c += 1;
+}
+
+static __always_inline void count_backend(__u32 id, __u32 bytes, int new_flow)
+{
+	struct backend_counters *s = bpf_map_lookup_elem(&backend_stats, &id);
+
+	if (!s)
+		return;
+	s->packets += 1;
+	s->bytes += bytes;
+	s->new_flows += new_flow;
+}
+
+static __always_inline __u64 flow_timeout(__u8 state)
+{
+	switch (state) {
+	case FLOW_SYN_SENT:
+		return timeout_syn_ns;
+	case FLOW_ESTABLISHED:
+		return timeout_established_ns;
+	case FLOW_CLOSING:
+		return timeout_closing_ns;
+	default:
+		return timeout_reset_ns;
+	}
+}
+
+static __always_inline int flow_expired(const struct flow *f, __u64 now)
+{
+	return now > f->last_seen_ns && now - f->last_seen_ns > flow_timeout(f->state);
+}
+
+/* The key of the other direction of the connection f belongs to. */
+static __always_inline void twin_key(const struct flow *f, struct flow_key *k)
+{
+	k->saddr = f->daddr;
+	k->daddr = f->saddr;
+	k->sport = f->dport;
+	k->dport = f->sport;
+	k->proto = IPPROTO_TCP;
+	k->pad[0] = k->pad[1] = k->pad[2] = 0;
+}
+
+static __always_inline void set_state(struct flow *f, __u8 state, __u64 now)
+{
+	f->state = state;
+	f->last_seen_ns = now;
+}
+
+/* Follow FIN and RST on an established flow, in both of its entries so they
+ * age out together. Only packets carrying FIN or RST get here. */
+static __always_inline void track_close(struct flow *f, __u8 tcp_flags, __u64 now)
+{
+	struct flow_key tk;
+	struct flow *twin;
+	__u8 state;
+
+	if (tcp_flags & TH_RST)
+		state = FLOW_RESET;
+	else if (f->state == FLOW_ESTABLISHED)
+		state = FLOW_CLOSING;
+	else
+		return;
+	set_state(f, state, now);
+	twin_key(f, &tk);
+	twin = bpf_map_lookup_elem(&flows, &tk);
+	if (twin && twin->state < state)
+		set_state(twin, state, now);
+}
+
+static __always_inline void touch(struct flow *f, __u64 now)
+{
+	if (now - f->last_seen_ns > LAST_SEEN_GRANULARITY_NS)
+		f->last_seen_ns = now;
+}
+
+/* Look a key up in one flow table, dropping the entry when it has aged out
+ * (the userspace GC may not have run yet). */
+static __always_inline struct flow *lookup_live(void *map, struct flow_key *k, __u64 now)
+{
+	struct flow *f = bpf_map_lookup_elem(map, k);
+
+	if (f && flow_expired(f, now)) {
+		bpf_map_delete_elem(map, k);
+		count(STAT_INFO_FLOW_EXPIRED);
+		return NULL;
+	}
+	return f;
+}
+
+static __always_inline __u32 flow_hash(const struct flow_key *k)
+{
+	return jhash_3words(k->saddr, k->daddr, ((__u32)k->sport << 16) | k->dport, hash_seed);
+}
+
+/* Maglev: the live table's slot for this connection, skipping a backend
+ * that has just refused a SYN (its API server process is gone). */
+static __always_inline __u32 pick_backend(const struct flow_key *k, __u64 now)
+{
+	__u32 zero = 0, hash, slot, i;
+	struct lb_control *ctl;
+	__u32 *id;
+	__u64 *refused;
+
+	ctl = bpf_map_lookup_elem(&control, &zero);
+	if (!ctl)
+		return NO_BACKEND;
+	hash = flow_hash(k);
+
+#pragma unroll
+	for (i = 0; i < BACKEND_PROBES; i++) {
+		slot = hash % MAGLEV_SIZE;
+		if (ctl->maglev_active)
+			slot += MAGLEV_SIZE;
+		id = bpf_map_lookup_elem(&maglev, &slot);
+		if (!id || *id >= MAX_BACKENDS)
+			return NO_BACKEND;
+		refused = bpf_map_lookup_elem(&backend_refused, id);
+		if (!refused || *refused == 0 || now - *refused > refused_hold_ns)
+			return *id;
+		hash = hash * 0x9e3779b1 + 1;
+	}
+	return NO_BACKEND;
+}
+
+/* Where packets toward backend be leave: resolved by userspace through
+ * netlink (the common case), else asked of the kernel's FIB. */
+static __always_inline int backend_nexthop(void *ctx, const struct packet *p, const struct backend *be,
+					   struct flow *f)
+{
+	struct bpf_fib_lookup fib = {};
+	__u32 ifindex;
+
+	if (be->flags & BACKEND_F_MAC) {
+		__builtin_memcpy(f->dmac, be->mac, ETH_ALEN);
+		__builtin_memcpy(f->smac, be->smac, ETH_ALEN);
+		ifindex = be->ifindex;
+	} else {
+		fib.family = AF_INET;
+		fib.l4_protocol = IPPROTO_TCP;
+		fib.tot_len = bpf_ntohs(p->ip->tot_len);
+		fib.ipv4_src = frontend_addr;
+		fib.ipv4_dst = be->addr;
+		fib.ifindex = p->ifindex;
+		if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+			return -1;
+		__builtin_memcpy(f->dmac, fib.dmac, ETH_ALEN);
+		__builtin_memcpy(f->smac, fib.smac, ETH_ALEN);
+		ifindex = fib.ifindex;
+		count(STAT_INFO_FIB_LOOKUP);
+	}
+	/* 0 means "out of the interface it came in on", which stays true when
+	 * the entry is synced to the peer LB, whose ifindex may differ. */
+	f->ifindex = ifindex == p->ifindex ? 0 : ifindex;
+	return 0;
+}
+
+/* A client SYN without a flow: choose a backend and a SNAT port, record
+ * both directions as half-open. *out receives the client->backend entry. */
+static __always_inline int open_flow(void *ctx, const struct packet *p, const struct flow_key *ck, __u64 now,
+				     struct flow *out)
+{
+	struct flow_key rk = {};
+	struct flow rev = {};
+	struct backend *be;
+	__u32 id, range, i;
+	__u16 port = 0;
+	int claimed = 0;
+
+	id = pick_backend(ck, now);
+	if (id == NO_BACKEND)
+		return STAT_DROP_NO_BACKEND;
+	be = bpf_map_lookup_elem(&backends, &id);
+	if (!be || be->addr == 0)
+		return STAT_DROP_NO_BACKEND;
+
+	__builtin_memset(out, 0, sizeof(*out));
+	if (backend_nexthop(ctx, p, be, out))
+		return STAT_DROP_NO_NEIGH;
+
+	/* backend -> client: back out where the SYN came from, to whoever
+	 * sent it (the LB's kernel never saw the client, so no neighbour). */
+	rev.created_ns = now;
+	rev.last_seen_ns = now;
+	rev.saddr = frontend_addr;
+	rev.daddr = ck->saddr;
+	rev.sport = frontend_port;
+	rev.dport = ck->sport;
+	rev.csum_addr = csum_add(csum_diff32(be->addr, frontend_addr), csum_diff32(frontend_addr, ck->saddr));
+	rev.backend = id;
+	rev.ifindex = 0;
+	__builtin_memcpy(rev.dmac, p->eth->h_source, ETH_ALEN);
+	__builtin_memcpy(rev.smac, p->eth->h_dest, ETH_ALEN);
+	rev.state = FLOW_SYN_SENT;
+	rev.dir = FLOW_TO_CLIENT;
+
+	rk.saddr = be->addr;
+	rk.daddr = frontend_addr;
+	rk.sport = be->port;
+	rk.proto = IPPROTO_TCP;
+
+	range = (__u32)snat_port_hi - snat_port_lo + 1;
+#pragma unroll
+	for (i = 0; i < SNAT_PORT_TRIES; i++) {
+		port = snat_port_lo + bpf_get_prandom_u32() % range;
+		rk.dport = bpf_htons(port);
+		if (bpf_map_lookup_elem(&flows, &rk))
+			continue;
+		rev.csum_port = csum_add(csum_diff16(be->port, frontend_port), csum_diff16(rk.dport, ck->sport));
+		/* NOEXIST makes the claim atomic against other CPUs. */
+		if (bpf_map_update_elem(&half_open, &rk, &rev, BPF_NOEXIST) == 0) {
+			claimed = 1;
+			break;
+		}
+	}
+	if (!claimed)
+		return STAT_DROP_PORTS_EXHAUSTED;
+
+	out->created_ns = now;
+	out->last_seen_ns = now;
+	out->saddr = frontend_addr;
+	out->daddr = be->addr;
+	out->sport = rk.dport;
+	out->dport = be->port;
+	out->csum_addr = csum_add(csum_diff32(ck->saddr, frontend_addr), csum_diff32(frontend_addr, be->addr));
+	out->csum_port = csum_add(csum_diff16(ck->sport, rk.dport), csum_diff16(frontend_port, be->port));
+	out->backend = id;
+	out->state = FLOW_SYN_SENT;
+	out->dir = FLOW_TO_BACKEND;
+	if (bpf_map_update_elem(&half_open, ck, out, BPF_ANY)) {
+		bpf_map_delete_elem(&half_open, &rk);
+		return STAT_DROP_FLOW_INSERT;
+	}
+	return STAT_FWD_NEW_FLOW;
+}
+
+static __always_inline int is_pure_syn(__u8 flags)
+{
+	return (flags & (TH_SYN | TH_ACK | TH_RST)) == TH_SYN;
+}
+
+/* client -> frontend:fport */
+static __always_inline int client_packet(void *ctx, struct packet *p, struct flow_key *k, __u64 now,
+					 struct flow *scratch, struct flow **apply)
+{
+	struct flow_key tk;
+	struct flow *f;
+	int r;
+
+	f = lookup_live(&flows, k, now);
+	if (f && is_pure_syn(p->tcp_flags) && f->state >= FLOW_CLOSING) {
+		/* The client reuses the 4-tuple of a finished connection:
+		 * a new connection, which may go to another backend. */
+		twin_key(f, &tk);
+		bpf_map_delete_elem(&flows, &tk);
+		bpf_map_delete_elem(&flows, k);
+		count(STAT_INFO_FLOW_REOPENED);
+		f = NULL;
+	}
+	if (f) {
+		touch(f, now);
+		if (p->tcp_flags & (TH_FIN | TH_RST))
+			track_close(f, p->tcp_flags, now);
+		*apply = f;
+		return STAT_FWD_TO_BACKEND;
+	}
+
+	f = lookup_live(&half_open, k, now);
+	if (f) {
+		/* SYN retransmission (or the client giving up with RST):
+		 * same backend, same SNAT port. */
+		touch(f, now);
+		if (p->tcp_flags & TH_RST)
+			set_state(f, FLOW_RESET, now);
+		*apply = f;
+		return STAT_FWD_TO_BACKEND;
+	}
+
+	if (!is_pure_syn(p->tcp_flags))
+		return STAT_PASS_NO_FLOW;
+	r = open_flow(ctx, p, k, now, scratch);
+	if (r == STAT_FWD_NEW_FLOW)
+		*apply = scratch;
+	return r;
+}
+
+/* backend -> frontend:snat port */
+static __always_inline int backend_packet(struct packet *p, struct flow_key *k, __u64 now, struct flow *scratch,
+					  struct flow **apply)
+{
+	struct flow_key ck;
+	struct flow *f, *fwd;
+	__u64 *refused;
+
+	f = lookup_live(&flows, k, now);
+	if (f) {
+		touch(f, now);
+		if (p->tcp_flags & (TH_FIN | TH_RST))
+			track_close(f, p->tcp_flags, now);
+		*apply = f;
+		return STAT_FWD_TO_CLIENT;
+	}
+
+	f = lookup_live(&half_open, k, now);
+	if (!f)
+		return STAT_PASS_REPLY_NO_FLOW;
+	twin_key(f, &ck);
+
+	if ((p->tcp_flags & TH_RST) && f->state == FLOW_SYN_SENT) {
+		/* The backend's host is up but nothing listens: flag it so new
+		 * flows skip it, forget this flow and swallow the reset, so the
+		 * client's retransmitted SYN lands on a live backend. */
+		refused = bpf_map_lookup_elem(&backend_refused, &f->backend);
+		if (refused)
+			*refused = now;
+		bpf_map_delete_elem(&half_open, &ck);
+		bpf_map_delete_elem(&half_open, k);
+		return STAT_DROP_BACKEND_RESET;
+	}
+
+	if ((p->tcp_flags & (TH_SYN | TH_ACK)) != (TH_SYN | TH_ACK)) {
+		touch(f, now);
+		*apply = f;
+		return STAT_FWD_TO_CLIENT;
+	}
+
+	/* SYN-ACK: the connection is up; move both entries to the
+	 * established table, out of reach of SYN floods. */
+	fwd = bpf_map_lookup_elem(&half_open, &ck);
+	if (!fwd) {
+		/* The client's half was evicted (SYN flood): let the kernel
+		 * reset the backend; the client's next SYN starts afresh. */
+		bpf_map_delete_elem(&half_open, k);
+		return STAT_PASS_REPLY_NO_FLOW;
+	}
+	__builtin_memcpy(scratch, fwd, sizeof(*scratch));
+	scratch->state = FLOW_ESTABLISHED;
+	scratch->last_seen_ns = now;
+	if (bpf_map_update_elem(&flows, &ck, scratch, BPF_ANY))
+		return STAT_DROP_FLOW_INSERT;
+	__builtin_memcpy(scratch, f, sizeof(*scratch));
+	scratch->state = FLOW_ESTABLISHED;
+	scratch->last_seen_ns = now;
+	if (bpf_map_update_elem(&flows, k, scratch, BPF_ANY)) {
+		bpf_map_delete_elem(&flows, &ck);
+		return STAT_DROP_FLOW_INSERT;
+	}
+	bpf_map_delete_elem(&half_open, &ck);
+	bpf_map_delete_elem(&half_open, k);
+	*apply = scratch;
+	return STAT_FWD_TO_CLIENT;
+}
+
+/* Decide. Returns the stat reason, which also names the verdict; *apply is
+ * set for the FWD_ reasons. */
+static __always_inline int process(void *ctx, struct packet *p, struct flow *scratch, struct flow **apply)
+{
+	struct flow_key k = {};
+	__u64 now;
+	__u16 dport;
+	int r;
+
+	r = parse_packet(p);
+	if (r >= 0)
+		return r;
+	if (p->ip->daddr != frontend_addr)
+		return STAT_PASS_OTHER_ADDR;
+
+	k.saddr = p->ip->saddr;
+	k.daddr = p->ip->daddr;
+	k.sport = p->tcp->source;
+	k.dport = p->tcp->dest;
+	k.proto = IPPROTO_TCP;
+
+	if (k.dport == frontend_port) {
+		now = bpf_ktime_get_ns();
+		return client_packet(ctx, p, &k, now, scratch, apply);
+	}
+	dport = bpf_ntohs(k.dport);
+	if (dport >= snat_port_lo && dport <= snat_port_hi) {
+		now = bpf_ktime_get_ns();
+		return backend_packet(p, &k, now, scratch, apply);
+	}
+	return STAT_PASS_OTHER_PORT;
+}
+
+static __always_inline int is_forward(int reason)
+{
+	return reason >= STAT_FWD_NEW_FLOW && reason <= STAT_FWD_TO_CLIENT;
+}
+
+static __always_inline int is_drop(int reason)
+{
+	return reason >= STAT_DROP_NO_BACKEND && reason <= STAT_DROP_FLOW_INSERT;
+}
+
+/* Rewrite the headers the parser validated. XDP sees complete checksums
+ * (a NIC's receive path), so plain incremental updates are right. */
+static __always_inline void rewrite_headers(struct packet *p, const struct flow *f)
+{
+	struct ethhdr *eth = p->eth;
+
+	if (f->ifindex == 0)
+		__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+	else
+		__builtin_memcpy(eth->h_source, f->smac, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, f->dmac, ETH_ALEN);
+	p->ip->saddr = f->saddr;
+	p->ip->daddr = f->daddr;
+	p->tcp->source = f->sport;
+	p->tcp->dest = f->dport;
+}
+
+SEC("xdp")
+int xdplb_xdp(struct xdp_md *ctx)
+{
+	struct flow scratch;
+	struct flow *f = NULL;
+	struct packet p = {};
+	int r;
+
+	p.data = (void *)(long)ctx->data;
+	p.data_end = (void *)(long)ctx->data_end;
+	p.len = p.data_end - p.data;
+	p.ifindex = ctx->ingress_ifindex;
+
+	r = process(ctx, &p, &scratch, &f);
+	count(r);
+	if (is_drop(r))
+		return XDP_DROP;
+	if (!is_forward(r))
+		return XDP_PASS;
+	if (!f) {
+		count(STAT_ABORTED_REDIRECT);
+		return XDP_ABORTED;
+	}
+	count_backend(f->backend, p.len, r == STAT_FWD_NEW_FLOW);
+	rewrite_headers(&p, f);
+	p.ip->check = csum_apply(p.ip->check, f->csum_addr);
+	p.tcp->check = csum_apply(p.tcp->check, csum_add(f->csum_addr, f->csum_port));
+	if (f->ifindex == 0 || f->ifindex == p.ifindex)
+		return XDP_TX;
+	r = bpf_redirect(f->ifindex, 0);
+	if (r != XDP_REDIRECT)
+		count(STAT_ABORTED_REDIRECT);
+	return r;
+}
+
+#define TC_HEADERS_LEN (sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct tcphdr))
+#define IP_CSUM_OFF (sizeof(struct ethhdr) + offsetof(struct iphdr, check))
+#define TCP_CSUM_OFF (sizeof(struct ethhdr) + sizeof(struct iphdr) + offsetof(struct tcphdr, check))
+
+/* The TC variant, for interfaces where XDP cannot run. Here the kernel's own
+ * senders hand over GSO packets with partial checksums, so the checksum
+ * helpers (which know the skb's checksum state) do the arithmetic: only the
+ * pseudo-header part (addresses) touches a partial checksum. */
+SEC("tc")
+int xdplb_tc(struct __sk_buff *skb)
+{
+	struct flow scratch;
+	struct flow *f = NULL;
+	struct packet p = {};
+	__u32 ifindex;
+	int r;
+
+	p.data = (void *)(long)skb->data;
+	p.data_end = (void *)(long)skb->data_end;
+	if (p.data + TC_HEADERS_LEN > p.data_end && skb->len >= TC_HEADERS_LEN) {
+		bpf_skb_pull_data(skb, TC_HEADERS_LEN);
+		p.data = (void *)(long)skb->data;
+		p.data_end = (void *)(long)skb->data_end;
+	}
+	p.len = skb->len;
+	p.ifindex = skb->ifindex;
+
+	r = process(skb, &p, &scratch, &f);
+	count(r);
+	if (is_drop(r))
+		return TC_ACT_SHOT;
+	if (!is_forward(r))
+		return TC_ACT_UNSPEC;
+	if (!f) {
+		count(STAT_ABORTED_REDIRECT);
+		return TC_ACT_SHOT;
+	}
+	count_backend(f->backend, p.len, r == STAT_FWD_NEW_FLOW);
+	if (skb->gso_segs > 1)
+		count(STAT_INFO_GSO);
+	rewrite_headers(&p, f);
+	ifindex = f->ifindex ? f->ifindex : skb->ifindex;
+	/* The helpers below invalidate packet pointers: nothing reads the
+	 * packet after them. */
+	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, 0, f->csum_addr, 0) ||
+	    bpf_l4_csum_replace(skb, TCP_CSUM_OFF, 0, f->csum_addr, BPF_F_PSEUDO_HDR) ||
+	    bpf_l4_csum_replace(skb, TCP_CSUM_OFF, 0, f->csum_port, 0)) {
+		count(STAT_ABORTED_REDIRECT);
+		return TC_ACT_SHOT;
+	}
+	return bpf_redirect(ifindex, 0);
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
+
+/* Referenced so that clang emits their BTF and bpf2go exports them to Go. */
+const enum xdplb_stat *unused_stat __attribute__((unused));
+const enum flow_state *unused_flow_state __attribute__((unused));
+const enum flow_dir *unused_flow_dir __attribute__((unused));

@@ -1,0 +1,111 @@
+/* SPDX-License-Identifier: GPL-2.0 OR MIT */
+/* Types shared with userspace. bpf2go exports each of them to Go (-type), so
+ * a layout change here is a layout change of the pinned maps: loading a new
+ * program against maps of an old layout fails, and the loader says so. */
+#ifndef XDPLB_STRUCTS_H
+#define XDPLB_STRUCTS_H
+
+#include <linux/types.h>
+
+/* Why a packet got its verdict. Every packet is counted under exactly one
+ * verdict reason; the INFO_ ones count events on top of that. The Go labels
+ * live in bpf/stats.go and a test keeps both lists in sync. */
+enum xdplb_stat {
+	STAT_PASS_NOT_IPV4 = 0, /* ARP, IPv6, LLDP, ... */
+	STAT_PASS_VLAN,         /* tagged frame: not ours to parse */
+	STAT_PASS_TRUNCATED,    /* shorter than the headers it announces */
+	STAT_PASS_BAD_IP,       /* IHL < 5, total length inconsistent */
+	STAT_PASS_IP_OPTIONS,   /* IHL > 5: left to the kernel */
+	STAT_PASS_FRAGMENT,     /* fragments are left to the kernel */
+	STAT_PASS_NOT_TCP,
+	STAT_PASS_BAD_TCP,      /* data offset < 5 or beyond the packet */
+	STAT_PASS_OTHER_ADDR,   /* not addressed to the frontend */
+	STAT_PASS_OTHER_PORT,   /* frontend address, port not ours */
+	STAT_PASS_NO_FLOW,      /* client non-SYN without a flow: kernel resets */
+	STAT_PASS_REPLY_NO_FLOW,/* to a SNAT port without a flow */
+	STAT_FWD_NEW_FLOW,      /* SYN that opened a flow */
+	STAT_FWD_TO_BACKEND,
+	STAT_FWD_TO_CLIENT,
+	STAT_DROP_NO_BACKEND,   /* table empty or every probed backend refused */
+	STAT_DROP_PORTS_EXHAUSTED,
+	STAT_DROP_NO_NEIGH,     /* backend next hop MAC unknown yet */
+	STAT_DROP_BACKEND_RESET,/* backend answered our SYN with RST */
+	STAT_DROP_FLOW_INSERT,  /* map update failed */
+	STAT_ABORTED_REDIRECT,  /* redirect to another interface failed */
+	STAT_INFO_FLOW_EXPIRED, /* an idle entry found and removed */
+	STAT_INFO_FLOW_REOPENED,/* SYN reused the 4-tuple of a closed flow */
+	STAT_INFO_FIB_LOOKUP,   /* backend MAC came from bpf_fib_lookup */
+	STAT_INFO_GSO,          /* TC hook: rewrote a GSO packet */
+	STAT_MAX,
+};
+
+enum flow_state {
+	FLOW_SYN_SENT = 1,
+	FLOW_ESTABLISHED = 2,
+	FLOW_CLOSING = 3, /* a FIN was seen */
+	FLOW_RESET = 4,   /* a RST was seen */
+};
+
+enum flow_dir {
+	FLOW_TO_BACKEND = 1, /* key: client -> frontend */
+	FLOW_TO_CLIENT = 2,  /* key: backend -> frontend:snat port */
+};
+
+/* A flow key is the packet's addressing as it arrives at the LB. */
+struct flow_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/* What to do with a packet that matches a flow_key. Self-contained so the
+ * established path is one lookup and a rewrite. */
+struct flow {
+	__u64 created_ns;
+	__u64 last_seen_ns;
+	/* rewritten addressing */
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	/* one's complement differences of the rewrite, folded to 16 bits:
+	 * addresses (IP header and TCP pseudo header), ports (TCP header) */
+	__u32 csum_addr;
+	__u32 csum_port;
+	__u32 backend;  /* backend index */
+	__u32 ifindex;  /* egress interface; 0 = the ingress interface */
+	__u8 dmac[6];   /* next hop */
+	__u8 smac[6];   /* ours on ifindex (used only when redirecting) */
+	__u8 state;     /* enum flow_state */
+	__u8 dir;       /* enum flow_dir */
+	__u8 pad[2];
+};
+
+#define BACKEND_F_MAC 0x01 /* mac/smac/ifindex are resolved */
+
+struct backend {
+	__be32 addr;
+	__be16 port;
+	__u8 flags;
+	__u8 pad;
+	__u8 mac[6];
+	__u8 smac[6];
+	__u32 ifindex;
+};
+
+struct backend_counters {
+	__u64 packets;
+	__u64 bytes;
+	__u64 new_flows;
+};
+
+/* Single-entry array: which half of the maglev map is live. */
+struct lb_control {
+	__u32 maglev_active; /* 0 or 1 */
+	__u32 pad;
+};
+
+#endif
