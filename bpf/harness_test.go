@@ -2,6 +2,7 @@ package bpf
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"testing"
@@ -230,4 +231,15 @@ func (h *harness) count(m string) int {
 		h.t.Fatal(err)
 	}
 	return n
+}
+
+func (h *harness) dump(m string) []string {
+	var out []string
+	var k FlowKey
+	var f Flow
+	it := h.coll.Maps[m].Iterate()
+	for it.Next(&k, &f) {
+		out = append(out, fmt.Sprintf("%v->%v => %v->%v be=%d state=%v", k.Src(), k.Dst(), f.Src(), f.Dst(), f.Backend, FlowState(f.State)))
+	}
+	return out
 }

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
 )
 
 // Config is what the data path fixes at load time.
@@ -19,9 +21,43 @@ type Config struct {
 	ResetTimeout time.Duration // after a RST
 	RefusedHold  time.Duration // how long a backend that refused a SYN is skipped
 	HashSeed     uint32        // 0 keeps the compiled-in seed
+	Clock        Clock         // which clock flows age by
 }
 
-// DefaultTimeouts fills unset timeouts.
+// Clock selects the data path's clock.
+type Clock int
+
+const (
+	// ClockAuto picks ClockCoarse where the kernel has it (5.11+).
+	ClockAuto Clock = iota
+	// ClockPrecise is bpf_ktime_get_ns: every kernel, slow in VMs.
+	ClockPrecise
+	// ClockCoarse is bpf_ktime_get_coarse_ns: 5.11+, a memory read.
+	ClockCoarse
+)
+
+func (c Clock) String() string {
+	switch c {
+	case ClockPrecise:
+		return "bpf_ktime_get_ns"
+	case ClockCoarse:
+		return "bpf_ktime_get_coarse_ns"
+	}
+	return "auto"
+}
+
+// ResolveClock turns ClockAuto into the clock this kernel supports.
+func ResolveClock(c Clock) Clock {
+	if c != ClockAuto {
+		return c
+	}
+	if features.HaveProgramHelper(ebpf.XDP, asm.FnKtimeGetCoarseNs) == nil {
+		return ClockCoarse
+	}
+	return ClockPrecise
+}
+
+// withDefaults fills unset timeouts.
 func (c Config) withDefaults() Config {
 	if c.SynTimeout == 0 {
 		c.SynTimeout = 10 * time.Second
@@ -65,7 +101,11 @@ func LoadSpec(cfg Config) (*ebpf.CollectionSpec, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	spec, err := loadXdplb()
+	load := loadXdplb
+	if ResolveClock(cfg.Clock) == ClockCoarse {
+		load = loadXdplbCoarse
+	}
+	spec, err := load()
 	if err != nil {
 		return nil, fmt.Errorf("parse embedded bpf object: %w", err)
 	}

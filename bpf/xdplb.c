@@ -26,6 +26,17 @@
 #define AF_INET 2
 #endif
 
+/* The clock flows age by. bpf_ktime_get_ns reads the clocksource, which in
+ * a VM (kvm-clock) costs more than the whole rest of the established path;
+ * kernels >= 5.11 have a coarse clock (the same CLOCK_MONOTONIC, at tick
+ * resolution) that costs a memory read. The loader probes for the helper and
+ * picks the object built with XDPLB_COARSE_CLOCK when the kernel has it. */
+#ifdef XDPLB_COARSE_CLOCK
+#define clock_now() bpf_ktime_get_coarse_ns()
+#else
+#define clock_now() bpf_ktime_get_ns()
+#endif
+
 /* Load-time configuration, set by the loader through spec.Variables before
  * the program is loaded. Addresses and the frontend port in network byte
  * order; the SNAT range and timeouts in host order. */
@@ -126,13 +137,16 @@ static __always_inline void touch(struct flow *f, __u64 now)
 		f->last_seen_ns = now;
 }
 
-/* Look a key up in one flow table, dropping the entry when it has aged out
- * (the userspace GC may not have run yet). */
+/* Look a key up in one flow table, dropping the connection (both entries)
+ * when it has aged out: the userspace GC may not have run yet. */
 static __always_inline struct flow *lookup_live(void *map, struct flow_key *k, __u64 now)
 {
 	struct flow *f = bpf_map_lookup_elem(map, k);
+	struct flow_key tk;
 
 	if (f && flow_expired(f, now)) {
+		twin_key(f, &tk);
+		bpf_map_delete_elem(map, &tk);
 		bpf_map_delete_elem(map, k);
 		count(STAT_INFO_FLOW_EXPIRED);
 		return NULL;
@@ -425,12 +439,12 @@ static __always_inline int process(void *ctx, struct packet *p, struct flow *scr
 	k.proto = IPPROTO_TCP;
 
 	if (k.dport == frontend_port) {
-		now = bpf_ktime_get_ns();
+		now = clock_now();
 		return client_packet(ctx, p, &k, now, scratch, apply);
 	}
 	dport = bpf_ntohs(k.dport);
 	if (dport >= snat_port_lo && dport <= snat_port_hi) {
-		now = bpf_ktime_get_ns();
+		now = clock_now();
 		return backend_packet(p, &k, now, scratch, apply);
 	}
 	return STAT_PASS_OTHER_PORT;

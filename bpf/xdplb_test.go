@@ -60,114 +60,125 @@ func wantChecksums(t *testing.T, what string, b []byte) {
 // checks every output byte against packets built independently in Go.
 func TestConnectionLifecycle(t *testing.T) {
 	for _, hk := range hooks {
-		t.Run(hk.name, func(t *testing.T) {
-			// One SNAT port and one backend: every output is predictable.
-			h := newHarness(t, Config{SNATLo: 20000, SNATHi: 20000}, threeServers[1:2])
-			prog := hk.prog(h)
-			snat := netip.AddrPortFrom(vip, 20000)
-			be := threeServers[1]
+		for _, clock := range testClocks() {
+			t.Run(hk.name+"/"+clock.String(), func(t *testing.T) {
+				// One SNAT port and one backend: every output is predictable.
+				h := newHarness(t, Config{SNATLo: 20000, SNATHi: 20000, Clock: clock}, threeServers[1:2])
+				prog := hk.prog(h)
+				snat := netip.AddrPortFrom(vip, 20000)
+				be := threeServers[1]
 
-			clientToLB := func(flags uint8, seq, ack uint32, payload []byte) testPacket {
-				return testPacket{srcMAC: agentMAC, dstMAC: lbMAC, src: agent1, dst: frontend, flags: flags, seq: seq, ack: ack, payload: payload, ipID: 7}
-			}
-			lbToBackend := func(p testPacket) testPacket {
-				p.srcMAC, p.dstMAC, p.src, p.dst = lbMAC, be.mac, snat, be.addr
-				return p
-			}
-			backendToLB := func(flags uint8, seq, ack uint32, payload []byte) testPacket {
-				return testPacket{srcMAC: be.mac, dstMAC: lbMAC, src: be.addr, dst: snat, flags: flags, seq: seq, ack: ack, payload: payload, ipID: 9}
-			}
-			lbToClient := func(p testPacket) testPacket {
-				p.srcMAC, p.dstMAC, p.src, p.dst = lbMAC, agentMAC, frontend, agent1
-				return p
-			}
+				clientToLB := func(flags uint8, seq, ack uint32, payload []byte) testPacket {
+					return testPacket{srcMAC: agentMAC, dstMAC: lbMAC, src: agent1, dst: frontend, flags: flags, seq: seq, ack: ack, payload: payload, ipID: 7}
+				}
+				lbToBackend := func(p testPacket) testPacket {
+					p.srcMAC, p.dstMAC, p.src, p.dst = lbMAC, be.mac, snat, be.addr
+					return p
+				}
+				backendToLB := func(flags uint8, seq, ack uint32, payload []byte) testPacket {
+					return testPacket{srcMAC: be.mac, dstMAC: lbMAC, src: be.addr, dst: snat, flags: flags, seq: seq, ack: ack, payload: payload, ipID: 9}
+				}
+				lbToClient := func(p testPacket) testPacket {
+					p.srcMAC, p.dstMAC, p.src, p.dst = lbMAC, agentMAC, frontend, agent1
+					return p
+				}
 
-			steps := []struct {
-				name  string
-				in    testPacket
-				want  testPacket
-				stats map[Stat]uint64
-				check func(t *testing.T)
-			}{
-				{"syn", clientToLB(fSYN, 1000, 0, nil), lbToBackend(clientToLB(fSYN, 1000, 0, nil)),
-					map[Stat]uint64{StatNewFlow: 1}, func(t *testing.T) {
-						f, ok := h.flow(MapHalfOpen, Key(agent1, frontend))
-						if !ok || f.State != uint8(FlowSynSent) || f.Dst() != be.addr || f.Src() != snat {
-							t.Fatalf("half-open client entry %+v ok=%v", f, ok)
-						}
-						r, ok := h.flow(MapHalfOpen, Key(be.addr, snat))
-						if !ok || r.Dst() != agent1 || r.Src() != frontend || r.Dmac != agentMAC {
-							t.Fatalf("half-open backend entry %+v ok=%v", r, ok)
-						}
-						if c := h.backendCounters(be.id); c.NewFlows != 1 || c.Packets != 1 {
-							t.Fatalf("backend counters %+v", c)
-						}
-					}},
-				{"syn retransmitted", clientToLB(fSYN, 1000, 0, nil), lbToBackend(clientToLB(fSYN, 1000, 0, nil)),
-					map[Stat]uint64{StatToBackend: 1}, nil},
-				{"syn-ack", backendToLB(fSYN|fACK, 5000, 1001, nil), lbToClient(backendToLB(fSYN|fACK, 5000, 1001, nil)),
-					map[Stat]uint64{StatToClient: 1}, func(t *testing.T) {
-						if n := h.count(MapHalfOpen); n != 0 {
-							t.Fatalf("half_open has %d entries after the handshake", n)
-						}
-						for _, k := range []FlowKey{Key(agent1, frontend), Key(be.addr, snat)} {
-							if f, ok := h.flow(MapFlows, k); !ok || f.State != uint8(FlowEstablished) {
-								t.Fatalf("flow %v: %+v ok=%v", k, f, ok)
+				steps := []struct {
+					name  string
+					in    testPacket
+					want  testPacket
+					stats map[Stat]uint64
+					check func(t *testing.T)
+				}{
+					{"syn", clientToLB(fSYN, 1000, 0, nil), lbToBackend(clientToLB(fSYN, 1000, 0, nil)),
+						map[Stat]uint64{StatNewFlow: 1}, func(t *testing.T) {
+							f, ok := h.flow(MapHalfOpen, Key(agent1, frontend))
+							if !ok || f.State != uint8(FlowSynSent) || f.Dst() != be.addr || f.Src() != snat {
+								t.Fatalf("half-open client entry %+v ok=%v", f, ok)
 							}
-						}
-					}},
-				{"ack", clientToLB(fACK, 1001, 5001, nil), lbToBackend(clientToLB(fACK, 1001, 5001, nil)),
-					map[Stat]uint64{StatToBackend: 1}, nil},
-				{"request", clientToLB(fACK|fPSH, 1001, 5001, []byte("GET /whoami HTTP/1.1\r\n\r\n")),
-					lbToBackend(clientToLB(fACK|fPSH, 1001, 5001, []byte("GET /whoami HTTP/1.1\r\n\r\n"))),
-					map[Stat]uint64{StatToBackend: 1}, nil},
-				{"response", backendToLB(fACK|fPSH, 5001, 1025, []byte("server-2")),
-					lbToClient(backendToLB(fACK|fPSH, 5001, 1025, []byte("server-2"))),
-					map[Stat]uint64{StatToClient: 1}, nil},
-				{"client fin", clientToLB(fFIN|fACK, 1025, 5009, nil), lbToBackend(clientToLB(fFIN|fACK, 1025, 5009, nil)),
-					map[Stat]uint64{StatToBackend: 1}, func(t *testing.T) {
-						for _, k := range []FlowKey{Key(agent1, frontend), Key(be.addr, snat)} {
-							if f, _ := h.flow(MapFlows, k); f.State != uint8(FlowClosing) {
-								t.Fatalf("flow %v state %v, want closing", k, FlowState(f.State))
+							r, ok := h.flow(MapHalfOpen, Key(be.addr, snat))
+							if !ok || r.Dst() != agent1 || r.Src() != frontend || r.Dmac != agentMAC {
+								t.Fatalf("half-open backend entry %+v ok=%v", r, ok)
 							}
-						}
-					}},
-				{"backend fin", backendToLB(fFIN|fACK, 5009, 1026, nil), lbToClient(backendToLB(fFIN|fACK, 5009, 1026, nil)),
-					map[Stat]uint64{StatToClient: 1}, nil},
-				{"last ack", clientToLB(fACK, 1026, 5010, nil), lbToBackend(clientToLB(fACK, 1026, 5010, nil)),
-					map[Stat]uint64{StatToBackend: 1}, nil},
-				{"syn reuses the closed 4-tuple", clientToLB(fSYN, 9000, 0, nil), lbToBackend(clientToLB(fSYN, 9000, 0, nil)),
-					map[Stat]uint64{StatNewFlow: 1, StatFlowReopened: 1}, func(t *testing.T) {
-						if _, ok := h.flow(MapFlows, Key(agent1, frontend)); ok {
-							t.Fatal("closed flow still in flows")
-						}
-					}},
-				{"syn-ack 2", backendToLB(fSYN|fACK, 7000, 9001, nil), lbToClient(backendToLB(fSYN|fACK, 7000, 9001, nil)),
-					map[Stat]uint64{StatToClient: 1}, nil},
-				{"client rst", clientToLB(fRST|fACK, 9001, 7001, nil), lbToBackend(clientToLB(fRST|fACK, 9001, 7001, nil)),
-					map[Stat]uint64{StatToBackend: 1}, func(t *testing.T) {
-						for _, k := range []FlowKey{Key(agent1, frontend), Key(be.addr, snat)} {
-							if f, _ := h.flow(MapFlows, k); f.State != uint8(FlowReset) {
-								t.Fatalf("flow %v state %v, want reset", k, FlowState(f.State))
+							if c := h.backendCounters(be.id); c.NewFlows != 1 || c.Packets != 1 {
+								t.Fatalf("backend counters %+v", c)
 							}
-						}
-					}},
-			}
-			for _, s := range steps {
-				in := s.in.bytes()
-				r := h.run(prog, in)
-				if r.verdict != hk.tx {
-					t.Fatalf("%s: verdict %d, want %d (stats %v)", s.name, r.verdict, hk.tx, named(r.stats))
+						}},
+					{"syn retransmitted", clientToLB(fSYN, 1000, 0, nil), lbToBackend(clientToLB(fSYN, 1000, 0, nil)),
+						map[Stat]uint64{StatToBackend: 1}, nil},
+					{"syn-ack", backendToLB(fSYN|fACK, 5000, 1001, nil), lbToClient(backendToLB(fSYN|fACK, 5000, 1001, nil)),
+						map[Stat]uint64{StatToClient: 1}, func(t *testing.T) {
+							if n := h.count(MapHalfOpen); n != 0 {
+								t.Fatalf("half_open has %d entries after the handshake", n)
+							}
+							for _, k := range []FlowKey{Key(agent1, frontend), Key(be.addr, snat)} {
+								if f, ok := h.flow(MapFlows, k); !ok || f.State != uint8(FlowEstablished) {
+									t.Fatalf("flow %v: %+v ok=%v", k, f, ok)
+								}
+							}
+						}},
+					{"ack", clientToLB(fACK, 1001, 5001, nil), lbToBackend(clientToLB(fACK, 1001, 5001, nil)),
+						map[Stat]uint64{StatToBackend: 1}, nil},
+					{"request", clientToLB(fACK|fPSH, 1001, 5001, []byte("GET /whoami HTTP/1.1\r\n\r\n")),
+						lbToBackend(clientToLB(fACK|fPSH, 1001, 5001, []byte("GET /whoami HTTP/1.1\r\n\r\n"))),
+						map[Stat]uint64{StatToBackend: 1}, nil},
+					{"response", backendToLB(fACK|fPSH, 5001, 1025, []byte("server-2")),
+						lbToClient(backendToLB(fACK|fPSH, 5001, 1025, []byte("server-2"))),
+						map[Stat]uint64{StatToClient: 1}, nil},
+					{"client fin", clientToLB(fFIN|fACK, 1025, 5009, nil), lbToBackend(clientToLB(fFIN|fACK, 1025, 5009, nil)),
+						map[Stat]uint64{StatToBackend: 1}, func(t *testing.T) {
+							for _, k := range []FlowKey{Key(agent1, frontend), Key(be.addr, snat)} {
+								if f, _ := h.flow(MapFlows, k); f.State != uint8(FlowClosing) {
+									t.Fatalf("flow %v state %v, want closing", k, FlowState(f.State))
+								}
+							}
+						}},
+					{"backend fin", backendToLB(fFIN|fACK, 5009, 1026, nil), lbToClient(backendToLB(fFIN|fACK, 5009, 1026, nil)),
+						map[Stat]uint64{StatToClient: 1}, nil},
+					{"last ack", clientToLB(fACK, 1026, 5010, nil), lbToBackend(clientToLB(fACK, 1026, 5010, nil)),
+						map[Stat]uint64{StatToBackend: 1}, nil},
+					{"syn reuses the closed 4-tuple", clientToLB(fSYN, 9000, 0, nil), lbToBackend(clientToLB(fSYN, 9000, 0, nil)),
+						map[Stat]uint64{StatNewFlow: 1, StatFlowReopened: 1}, func(t *testing.T) {
+							if _, ok := h.flow(MapFlows, Key(agent1, frontend)); ok {
+								t.Fatal("closed flow still in flows")
+							}
+						}},
+					{"syn-ack 2", backendToLB(fSYN|fACK, 7000, 9001, nil), lbToClient(backendToLB(fSYN|fACK, 7000, 9001, nil)),
+						map[Stat]uint64{StatToClient: 1}, nil},
+					{"client rst", clientToLB(fRST|fACK, 9001, 7001, nil), lbToBackend(clientToLB(fRST|fACK, 9001, 7001, nil)),
+						map[Stat]uint64{StatToBackend: 1}, func(t *testing.T) {
+							for _, k := range []FlowKey{Key(agent1, frontend), Key(be.addr, snat)} {
+								if f, _ := h.flow(MapFlows, k); f.State != uint8(FlowReset) {
+									t.Fatalf("flow %v state %v, want reset", k, FlowState(f.State))
+								}
+							}
+						}},
 				}
-				wantBytes(t, s.name, r.out, s.want.bytes())
-				wantChecksums(t, s.name, r.out)
-				wantStats(t, s.name, r.stats, s.stats)
-				if s.check != nil {
-					s.check(t)
+				for _, s := range steps {
+					in := s.in.bytes()
+					r := h.run(prog, in)
+					if r.verdict != hk.tx {
+						t.Fatalf("%s: verdict %d, want %d (stats %v)", s.name, r.verdict, hk.tx, named(r.stats))
+					}
+					wantBytes(t, s.name, r.out, s.want.bytes())
+					wantChecksums(t, s.name, r.out)
+					wantStats(t, s.name, r.stats, s.stats)
+					if s.check != nil {
+						s.check(t)
+					}
 				}
-			}
-		})
+			})
+		}
 	}
+}
+
+// testClocks are the clocks this kernel can run: both object variants get
+// the lifecycle test where the kernel has the coarse clock.
+func testClocks() []Clock {
+	if ResolveClock(ClockAuto) == ClockCoarse {
+		return []Clock{ClockPrecise, ClockCoarse}
+	}
+	return []Clock{ClockPrecise}
 }
 
 // TestPassUntouched: traffic that is not the load balancer's leaves the
