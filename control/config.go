@@ -1,0 +1,433 @@
+package control
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Defaults of the configuration.
+const (
+	DefaultConfigPath         = "/etc/xdplb/xdplb.yaml"
+	DefaultInstance           = "default"
+	DefaultPort               = 6443
+	DefaultMetricsAddr        = "127.0.0.1:9716"
+	DefaultBPFFS              = "/sys/fs/bpf"
+	DefaultGCInterval         = 10 * time.Second
+	DefaultEstablishedTimeout = time.Hour
+	// BPFFSEnv overrides DefaultBPFFS, e.g. for tests on a private bpffs.
+	BPFFSEnv = "XDPLB_BPFFS"
+	// MaxWeight is HAProxy's highest server weight.
+	MaxWeight = 256
+)
+
+// Hook is where the data plane attaches.
+type Hook string
+
+const (
+	HookXDP Hook = "xdp"
+	HookTC  Hook = "tc"
+)
+
+// XDPMode is how the XDP program attaches.
+type XDPMode string
+
+const (
+	// XDPModeAuto tries native (driver) mode, then falls back to generic.
+	XDPModeAuto    XDPMode = "auto"
+	XDPModeNative  XDPMode = "native"
+	XDPModeGeneric XDPMode = "generic"
+)
+
+// instanceName keeps the instance usable as a bpffs directory name.
+var instanceName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,31}$`)
+
+// Config is the daemon's configuration: DefaultConfig, then the YAML file
+// (ParseConfig), then the command line, which sets fields directly. Fields
+// whose default depends on others stay zero until used, so that a flag
+// changing one still moves the others: see the accessors. Validate checks
+// the result.
+type Config struct {
+	// Instance names this load balancer; its state lives under
+	// BPFFS/xdplb/Instance.
+	Instance string
+	// Iface is the interface the frontend traffic arrives on, e.g. eth1.
+	Iface string
+	// VIP is the frontend address: a floating VIP or the node's own address.
+	VIP netip.Addr
+	// Port is the frontend TCP port, and the port of backends given without one.
+	Port uint16
+	// Backends are the API servers. A zero port means Port.
+	Backends []BackendSpec
+
+	// Check is the health check: tcp, tls or https.
+	Check CheckKind
+	// CheckPath and CheckExpectStatus configure the https check.
+	CheckPath         string
+	CheckExpectStatus int
+	// CheckCA, CheckCert and CheckKey are PEM files; CheckTokenFile holds a
+	// bearer token; see CheckOptions.
+	CheckCA, CheckCert, CheckKey, CheckTokenFile string
+	// CheckServerName is the TLS server name checks send and verify.
+	CheckServerName string
+	// CheckSource is the address checks come from; unset: the daemon uses
+	// the node's address on Iface. Never the VIP.
+	CheckSource netip.Addr
+
+	// HAProxy's check timings. FastInter, DownInter and Timeout zero:
+	// equal to Inter.
+	Inter, FastInter, DownInter, Timeout time.Duration
+	Rise, Fall                           int
+
+	// Hook is where the data plane attaches: xdp, or tc where XDP can't run.
+	Hook Hook
+	// XDPMode is auto, native or generic.
+	XDPMode XDPMode
+	// SNATPorts are the source ports of translated flows; zero: chosen at
+	// start by DefaultSNATPorts.
+	SNATPorts PortRange
+	// MetricsAddr is the Prometheus listener, "host:port"; empty disables it.
+	MetricsAddr string
+	// BPFFS is the bpffs mount the state is pinned under.
+	BPFFS string
+	// GCInterval is how often idle flows are swept from the flow table.
+	GCInterval time.Duration
+	// EstablishedTimeout is how long an established flow may stay idle
+	// before it is swept. API watches are long and quiet, hence an hour.
+	EstablishedTimeout time.Duration
+}
+
+// BackendSpec is one backend of the config.
+type BackendSpec struct {
+	// Addr is the backend's address; port 0 means the frontend port.
+	Addr netip.AddrPort
+	// Weight is its share of new flows, 0 (drained) to MaxWeight.
+	Weight uint32
+}
+
+// String returns "ip:port", or "ip" when the port is the frontend's.
+func (b BackendSpec) String() string {
+	if b.Addr.Port() == 0 {
+		return b.Addr.Addr().String()
+	}
+	return b.Addr.String()
+}
+
+// ParseBackend parses a backend as the config and the command line give it:
+// "ip" (port: the frontend's) or "ip:port", with weight 1.
+func ParseBackend(s string) (BackendSpec, error) {
+	s = strings.TrimSpace(s)
+	if ip, err := netip.ParseAddr(s); err == nil {
+		return BackendSpec{Addr: netip.AddrPortFrom(ip.Unmap(), 0), Weight: 1}, nil
+	}
+	host, portStr, err := net.SplitHostPort(s)
+	if err != nil {
+		if strings.Contains(s, ":") {
+			return BackendSpec{}, fmt.Errorf("backend %q: want ip or ip:port", s)
+		}
+		host = s // no port: report the address
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return BackendSpec{}, fmt.Errorf("backend %q: %q is not an IP address (names are not resolved: "+
+			"the table must not change with DNS)", s, host)
+	}
+	port, err := parsePort(portStr)
+	if err != nil {
+		return BackendSpec{}, fmt.Errorf("backend %q: %w", s, err)
+	}
+	return BackendSpec{Addr: netip.AddrPortFrom(ip.Unmap(), port), Weight: 1}, nil
+}
+
+// DefaultConfig returns the configuration before the file and the flags,
+// with the bpffs from $XDPLB_BPFFS if set.
+func DefaultConfig() Config {
+	return defaultConfig(os.Getenv)
+}
+
+func defaultConfig(getenv func(string) string) Config {
+	bpffs := DefaultBPFFS
+	if v := getenv(BPFFSEnv); v != "" {
+		bpffs = v
+	}
+	return Config{
+		Instance:           DefaultInstance,
+		Port:               DefaultPort,
+		Check:              CheckTLS,
+		CheckPath:          DefaultCheckPath,
+		CheckExpectStatus:  DefaultCheckStatus,
+		Inter:              DefaultInter,
+		Rise:               DefaultRise,
+		Fall:               DefaultFall,
+		Hook:               HookXDP,
+		XDPMode:            XDPModeAuto,
+		MetricsAddr:        DefaultMetricsAddr,
+		BPFFS:              bpffs,
+		GCInterval:         DefaultGCInterval,
+		EstablishedTimeout: DefaultEstablishedTimeout,
+	}
+}
+
+// ResolvedBackends returns the backends with the frontend port filled in
+// where none was given.
+func (c *Config) ResolvedBackends() []BackendSpec {
+	out := make([]BackendSpec, len(c.Backends))
+	for i, b := range c.Backends {
+		out[i] = c.resolve(b)
+	}
+	return out
+}
+
+func (c *Config) resolve(b BackendSpec) BackendSpec {
+	if b.Addr.Port() == 0 {
+		b.Addr = netip.AddrPortFrom(b.Addr.Addr(), c.Port)
+	}
+	return b
+}
+
+// HealthParams returns the check timings, HAProxy's defaults applied.
+func (c *Config) HealthParams() HealthParams {
+	return HealthParams{
+		Inter: c.Inter, FastInter: c.FastInter, DownInter: c.DownInter, Timeout: c.Timeout,
+		Rise: c.Rise, Fall: c.Fall,
+	}.WithDefaults()
+}
+
+// CheckOptions returns the checker options, with checks sent from source
+// (CheckSource if set, else the node's address the daemon found on Iface).
+func (c *Config) CheckOptions(source netip.Addr) CheckOptions {
+	if c.CheckSource.IsValid() {
+		source = c.CheckSource
+	}
+	var ip net.IP
+	if source.IsValid() {
+		ip = net.IP(source.AsSlice())
+	}
+	return CheckOptions{
+		SourceIP: ip, CAFile: c.CheckCA, ServerName: c.CheckServerName,
+		CertFile: c.CheckCert, KeyFile: c.CheckKey, TokenFile: c.CheckTokenFile,
+		Path: c.CheckPath, ExpectStatus: c.CheckExpectStatus,
+	}
+}
+
+// PinDir returns the directory of this instance's pinned state.
+func (c *Config) PinDir() string {
+	return filepath.Join(c.BPFFS, "xdplb", c.Instance)
+}
+
+// Validate reports every setting that cannot work, each error naming the
+// key and what to do. It changes nothing.
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	if !instanceName.MatchString(c.Instance) {
+		add("instance %q: want 1-32 characters of a-z, 0-9, _ and -, starting with a letter or digit", c.Instance)
+	}
+	switch {
+	case c.Iface == "":
+		add("iface: required: the interface the frontend traffic arrives on, e.g. eth1")
+	case len(c.Iface) > 15 || strings.ContainsAny(c.Iface, "/ \t\n:"):
+		add("iface %q: not a valid interface name", c.Iface)
+	}
+	if !c.VIP.IsValid() {
+		add("vip: required: the frontend IPv4 address, a floating VIP or this node's own address")
+	} else if err := checkUnicastIPv4(c.VIP); err != nil {
+		add("vip %s: %w", c.VIP, err)
+	}
+	if c.Port == 0 {
+		add("port 0: want the frontend TCP port, 1-65535 (default %d)", DefaultPort)
+	}
+	errs = append(errs, c.validateBackends()...)
+	errs = append(errs, c.validateCheck()...)
+	errs = append(errs, c.validateTimings()...)
+
+	switch c.Hook {
+	case HookXDP, HookTC:
+	default:
+		add("hook %q: want xdp or tc", c.Hook)
+	}
+	switch c.XDPMode {
+	case XDPModeAuto, XDPModeNative, XDPModeGeneric:
+		if c.Hook == HookTC && c.XDPMode != XDPModeAuto {
+			add("xdp-mode %s: applies to hook xdp only; remove it or set hook: xdp", c.XDPMode)
+		}
+	default:
+		add("xdp-mode %q: want auto, native or generic", c.XDPMode)
+	}
+	if err := c.validateSNATPorts(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := validateListenAddr(c.MetricsAddr); err != nil {
+		add("metrics-addr %q: %w", c.MetricsAddr, err)
+	}
+	if !filepath.IsAbs(c.BPFFS) {
+		add("bpffs %q: want an absolute path to a bpffs mount, e.g. %s", c.BPFFS, DefaultBPFFS)
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Config) validateBackends() []error {
+	if len(c.Backends) == 0 {
+		return []error{errors.New("backends: none given: list the API servers, e.g. 10.10.10.50:6443")}
+	}
+	var errs []error
+	seen := map[netip.AddrPort]bool{}
+	for _, b := range c.Backends {
+		r := c.resolve(b)
+		switch {
+		case !b.Addr.Addr().IsValid():
+			errs = append(errs, errors.New("backend: empty address"))
+			continue
+		case checkUnicastIPv4(b.Addr.Addr()) != nil:
+			errs = append(errs, fmt.Errorf("backend %s: %w", b, checkUnicastIPv4(b.Addr.Addr())))
+		case c.VIP.IsValid() && b.Addr.Addr().Unmap() == c.VIP.Unmap():
+			errs = append(errs, fmt.Errorf("backend %s: is the vip: the frontend cannot forward to itself", b))
+		case r.Addr.Port() == 0:
+			errs = append(errs, fmt.Errorf("backend %s: port 0: give ip:port or a frontend port", b))
+		}
+		if b.Weight > MaxWeight {
+			errs = append(errs, fmt.Errorf("backend %s: weight %d: want 0 (drained) to %d", b, b.Weight, MaxWeight))
+		}
+		if seen[r.Addr] {
+			errs = append(errs, fmt.Errorf("backend %s: listed twice", r.Addr))
+		}
+		seen[r.Addr] = true
+	}
+	return errs
+}
+
+func (c *Config) validateCheck() []error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	switch c.Check {
+	case CheckTCP, CheckTLS, CheckHTTPS:
+	default:
+		add("check %q: want tcp, tls or https", c.Check)
+	}
+	if !strings.HasPrefix(c.CheckPath, "/") {
+		add("check-path %q: must start with /, e.g. %s", c.CheckPath, DefaultCheckPath)
+	}
+	if c.CheckExpectStatus < 100 || c.CheckExpectStatus > 599 {
+		add("check-expect-status %d: want an HTTP status, 100-599", c.CheckExpectStatus)
+	}
+	if (c.CheckCert == "") != (c.CheckKey == "") {
+		add("check-cert and check-key: set both (the client certificate and its key) or neither")
+	}
+	if c.Check == CheckTCP {
+		for _, f := range []struct{ key, value string }{
+			{"check-ca", c.CheckCA}, {"check-cert", c.CheckCert}, {"check-key", c.CheckKey},
+			{"check-server-name", c.CheckServerName},
+		} {
+			if f.value != "" {
+				add("%s: used by check tls or https only, and check is tcp", f.key)
+			}
+		}
+	}
+	if c.CheckTokenFile != "" && c.Check != CheckHTTPS {
+		add("check-token-file: used by check https only, and check is %s", c.Check)
+	}
+	if c.CheckSource.IsValid() {
+		if err := checkUnicastIPv4(c.CheckSource); err != nil {
+			add("check-source %s: %w", c.CheckSource, err)
+		} else if c.CheckSource.Unmap() == c.VIP.Unmap() {
+			add("check-source %s: is the vip: checks must come from the node's own address, "+
+				"since only one LB holds the vip", c.CheckSource)
+		}
+	}
+	return errs
+}
+
+func (c *Config) validateTimings() []error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if c.Inter <= 0 {
+		add("inter %v: want a positive duration, e.g. 2s", c.Inter)
+	}
+	for _, d := range []struct {
+		key   string
+		value time.Duration
+	}{{"fastinter", c.FastInter}, {"downinter", c.DownInter}, {"timeout", c.Timeout}} {
+		if d.value < 0 {
+			add("%s %v: want a positive duration, or leave it unset to use inter", d.key, d.value)
+		}
+	}
+	if c.Rise < 1 {
+		add("rise %d: want at least 1 (default %d)", c.Rise, DefaultRise)
+	}
+	if c.Fall < 1 {
+		add("fall %d: want at least 1 (default %d)", c.Fall, DefaultFall)
+	}
+	if c.GCInterval <= 0 {
+		add("gc-interval %v: want a positive duration, e.g. %v", c.GCInterval, DefaultGCInterval)
+	}
+	if c.EstablishedTimeout <= 0 {
+		add("established-timeout %v: want a positive duration, e.g. %v", c.EstablishedTimeout, DefaultEstablishedTimeout)
+	}
+	return errs
+}
+
+// validateSNATPorts checks a configured range against the frontend port;
+// against the kernel's ephemeral range, see ValidateSNATAgainstKernel.
+func (c *Config) validateSNATPorts() error {
+	r := c.SNATPorts
+	switch {
+	case r.IsZero():
+		return nil
+	case r.Lo > r.Hi:
+		return fmt.Errorf("snat-ports %s: %d is above %d: write the lower port first", r, r.Lo, r.Hi)
+	case r.Lo < minSNATPort:
+		return fmt.Errorf("snat-ports %s: starts below %d: keep translated flows off the well-known ports", r, minSNATPort)
+	case r.Contains(c.Port):
+		return fmt.Errorf("snat-ports %s: contains the frontend port %d: a translated flow would look like a new "+
+			"connection to the frontend; pick a range without it, e.g. %s", r, c.Port, DefaultSNATPorts(c.Port, false, PortRange{}))
+	}
+	return nil
+}
+
+// checkUnicastIPv4 accepts the addresses a frontend, a backend or a check
+// source can have.
+func checkUnicastIPv4(a netip.Addr) error {
+	a = a.Unmap()
+	switch {
+	case !a.Is4():
+		return errors.New("not an IPv4 address: xdplb balances IPv4")
+	case a.IsUnspecified():
+		return errors.New("unspecified address")
+	case a.IsLoopback():
+		return errors.New("loopback address: traffic to it never reaches the interface")
+	case a.IsMulticast():
+		return errors.New("multicast address")
+	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return errors.New("broadcast address")
+	}
+	return nil
+}
+
+// validateListenAddr accepts "", "host:port" with an IP literal host, and
+// ":port".
+func validateListenAddr(s string) error {
+	if s == "" {
+		return nil
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return errors.New("want ip:port, e.g. " + DefaultMetricsAddr + ", or empty to disable")
+	}
+	if host != "" {
+		if _, err := netip.ParseAddr(host); err != nil {
+			return fmt.Errorf("%q is not an IP address", host)
+		}
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		return fmt.Errorf("port %q: want 1-65535", port)
+	}
+	return nil
+}

@@ -1,0 +1,237 @@
+package control
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// HAProxy's defaults, so that the guide's settings carry over unchanged.
+const (
+	DefaultInter = 2 * time.Second
+	DefaultRise  = 2
+	DefaultFall  = 3
+)
+
+// HintMinGap bounds how soon after a check a hinted check may run. The data
+// plane hints at a backend each time it answers a SYN with a RST, which can
+// be thousands of times a second; this keeps the checks to a few a second.
+const HintMinGap = 200 * time.Millisecond
+
+// HealthParams are HAProxy's check timings, under HAProxy's names.
+type HealthParams struct {
+	// Inter is the interval between checks of a backend that is fully up.
+	Inter time.Duration
+	// FastInter is the interval while a backend is changing state: up with
+	// failures counted, or down with successes counted. Defaults to Inter.
+	FastInter time.Duration
+	// DownInter is the interval between checks of a backend that is fully
+	// down. Defaults to Inter.
+	DownInter time.Duration
+	// Timeout bounds one check. Defaults to Inter, as HAProxy's check timeout.
+	Timeout time.Duration
+	// Rise is the number of consecutive successes that bring a backend up.
+	Rise int
+	// Fall is the number of consecutive failures that bring a backend down.
+	Fall int
+}
+
+// WithDefaults returns p with HAProxy's defaults for every field left zero:
+// inter 2s, fastinter, downinter and timeout equal to inter, rise 2, fall 3.
+func (p HealthParams) WithDefaults() HealthParams {
+	if p.Inter == 0 {
+		p.Inter = DefaultInter
+	}
+	if p.FastInter == 0 {
+		p.FastInter = p.Inter
+	}
+	if p.DownInter == 0 {
+		p.DownInter = p.Inter
+	}
+	if p.Timeout == 0 {
+		p.Timeout = p.Inter
+	}
+	if p.Rise == 0 {
+		p.Rise = DefaultRise
+	}
+	if p.Fall == 0 {
+		p.Fall = DefaultFall
+	}
+	return p
+}
+
+// Validate reports every field that cannot drive a check schedule. Call it
+// on the result of WithDefaults: zero durations are invalid here.
+func (p HealthParams) Validate() error {
+	var errs []error
+	for _, d := range []struct {
+		name  string
+		value time.Duration
+	}{{"inter", p.Inter}, {"fastinter", p.FastInter}, {"downinter", p.DownInter}, {"timeout", p.Timeout}} {
+		if d.value <= 0 {
+			errs = append(errs, fmt.Errorf("%s %v: must be a positive duration such as 2s", d.name, d.value))
+		}
+	}
+	if p.Rise < 1 {
+		errs = append(errs, fmt.Errorf("rise %d: must be at least 1", p.Rise))
+	}
+	if p.Fall < 1 {
+		errs = append(errs, fmt.Errorf("fall %d: must be at least 1", p.Fall))
+	}
+	return errors.Join(errs...)
+}
+
+// Health is HAProxy's check state machine for one backend. A backend is up or
+// down; while up, consecutive failures count towards Fall and a success
+// clears them; while down, consecutive successes count towards Rise and a
+// failure clears them. It is not safe for concurrent use.
+type Health struct {
+	params    HealthParams
+	up        bool
+	successes int // consecutive successes while down
+	failures  int // consecutive failures while up
+	detail    string
+	// progress is the count shown in the log line: the counter that moved
+	// at the last observation, or Rise/Fall when it flipped the state (the
+	// counter itself is then reset).
+	progress int
+	// flipped says the last observation changed the state.
+	flipped bool
+	hinted  bool
+}
+
+// NewHealth returns the state of a backend not checked yet. params should
+// have been through WithDefaults and Validate.
+//
+// A backend that starts up starts fully up, so it takes Fall consecutive
+// failures to bring it down. HAProxy starts servers "just up", so that the
+// first failure alone brings them down; xdplb does not, because it restarts
+// on every upgrade and one unlucky check must not move every flow of a
+// healthy backend. A backend that starts down takes Rise successes to come up.
+func NewHealth(params HealthParams, initialUp bool) *Health {
+	return &Health{params: params, up: initialUp, detail: "not checked yet"}
+}
+
+// Observe feeds the result of one check, with detail saying what it found
+// (the log line's reason, e.g. "tls handshake: connection refused"). It
+// reports whether the backend changed state, and clears any pending hint.
+func (h *Health) Observe(ok bool, detail string) (changed bool) {
+	h.detail = detail
+	h.hinted = false
+	defer func() { h.flipped = changed }()
+	switch {
+	case ok && h.up:
+		h.failures = 0
+		h.progress = 0
+	case ok && !h.up:
+		h.successes++
+		h.progress = h.successes
+		if h.successes >= h.params.Rise {
+			h.up, h.successes, changed = true, 0, true
+		}
+	case !ok && h.up:
+		h.failures++
+		h.progress = h.failures
+		if h.failures >= h.params.Fall {
+			h.up, h.failures, changed = false, 0, true
+		}
+	case !ok && !h.up:
+		h.successes = 0
+		h.progress = 0
+	}
+	return changed
+}
+
+// Up reports whether the backend is up: in the table, taking new flows.
+func (h *Health) Up() bool { return h.up }
+
+// Successes returns the consecutive successes counted towards Rise while down.
+func (h *Health) Successes() int { return h.successes }
+
+// Failures returns the consecutive failures counted towards Fall while up.
+func (h *Health) Failures() int { return h.failures }
+
+// Detail returns what the last check found.
+func (h *Health) Detail() string { return h.detail }
+
+// Params returns the timings the state machine runs with.
+func (h *Health) Params() HealthParams { return h.params }
+
+// Interval returns the time to wait before the next check, as HAProxy picks
+// it: inter when fully up, downinter when fully down, fastinter while a
+// change of state is being counted.
+func (h *Health) Interval() time.Duration {
+	switch {
+	case h.up && h.failures == 0:
+		return h.params.Inter
+	case !h.up && h.successes == 0:
+		return h.params.DownInter
+	default:
+		return h.params.FastInter
+	}
+}
+
+// Hint asks for the next check at once, because the data plane saw the
+// backend refuse a connection. It changes no state by itself: only checks do.
+func (h *Health) Hint() { h.hinted = true }
+
+// Hinted reports whether a hint arrived since the last check.
+func (h *Health) Hinted() bool { return h.hinted }
+
+// NextCheck returns when the next check is due, given that the last one
+// ended at last: after Interval, or after HintMinGap (capped by Interval) once
+// hinted. A time not after now means at once.
+func (h *Health) NextCheck(last time.Time) time.Time {
+	if h.hinted {
+		return last.Add(min(HintMinGap, h.Interval()))
+	}
+	return last.Add(h.Interval())
+}
+
+// Describe returns the log line for the backend at addr, e.g.
+// "backend 10.10.10.51:6443 DOWN: tls handshake: connection refused (3/3)"
+// right after it went down, or "... UP: tls handshake: i/o timeout (1/3)"
+// while failures are being counted. The count is progress towards the
+// other state: failures out of Fall while up, successes out of Rise while
+// down.
+func (h *Health) Describe(addr string) string {
+	return h.transition(addr).String()
+}
+
+// transition is the state of h as a Transition, whether or not the state
+// just changed.
+func (h *Health) transition(addr string) Transition {
+	// Counting towards the other state, or just reached it: failures out
+	// of Fall while up or right after going down, successes out of Rise
+	// otherwise.
+	need := h.params.Fall
+	if h.up == h.flipped {
+		need = h.params.Rise
+	}
+	return Transition{Key: addr, Up: h.up, Detail: h.detail, Count: h.progress, Need: need}
+}
+
+// Transition is a backend changing state, as reported by a Monitor.
+type Transition struct {
+	// Key is the backend's address, "ip:port".
+	Key string
+	// Up is the new state.
+	Up bool
+	// Detail is what the check that decided it found.
+	Detail string
+	// Count of Need consecutive results brought the change: Fall failures
+	// to go down, Rise successes to come up.
+	Count, Need int
+	// At is the time of the check that decided it, on the Monitor's clock.
+	At time.Time
+}
+
+// String returns the log line, e.g.
+// "backend 10.10.10.51:6443 DOWN: tls handshake: connection refused (3/3)".
+func (t Transition) String() string {
+	state := "DOWN"
+	if t.Up {
+		state = "UP"
+	}
+	return fmt.Sprintf("backend %s %s: %s (%d/%d)", t.Key, state, t.Detail, t.Count, t.Need)
+}

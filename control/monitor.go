@@ -1,0 +1,242 @@
+package control
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Checker checks one backend. addr is "ip:port". It returns nil when the
+// backend is healthy, else an error short enough for a log line that says
+// what failed, e.g. "tls handshake: connection refused". It must return once
+// ctx is done.
+type Checker interface {
+	Check(ctx context.Context, addr string) error
+}
+
+// BackendStatus is a backend's health as a Monitor last saw it.
+type BackendStatus struct {
+	Key       string
+	Up        bool
+	Successes int
+	Failures  int
+	Detail    string
+	// Line is the log line, as Health.Describe returns it.
+	Line string
+}
+
+// Monitor checks a set of backends, each on its own goroutine and schedule,
+// and reports every change of state.
+//
+// Each backend is checked at once when added, then after the interval its
+// Health picks (inter, fastinter or downinter), counted from the end of the
+// previous check. The Clock drives the schedule; the check's timeout is
+// wall-clock time, because it becomes the sockets' deadlines.
+type Monitor struct {
+	clock   Clock
+	checker Checker
+	params  HealthParams
+	notify  func(Transition)
+	// notifyMu serializes notify, so that the daemon can update its table
+	// from the callback without a lock of its own.
+	notifyMu sync.Mutex
+
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu       sync.Mutex // guards backends, stopped and every Health
+	backends map[string]*watchedBackend
+	stopped  bool
+	wg       sync.WaitGroup
+}
+
+type watchedBackend struct {
+	key    string
+	health *Health
+	wake   chan struct{} // capacity 1: hints coalesce
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// NewMonitor returns a Monitor that checks with checker at the timings of
+// params (defaults applied) and calls notify with every change of state.
+// notify is called from the Monitor's goroutines, one call at a time; it
+// may call Status, Statuses and Hint, but not Remove or Stop, which wait for
+// those goroutines.
+func NewMonitor(clock Clock, checker Checker, params HealthParams, notify func(Transition)) (*Monitor, error) {
+	params = params.WithDefaults()
+	if err := params.Validate(); err != nil {
+		return nil, fmt.Errorf("health check timings: %w", err)
+	}
+	if notify == nil {
+		notify = func(Transition) {}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Monitor{
+		clock: clock, checker: checker, params: params, notify: notify,
+		ctx: ctx, cancel: cancel, backends: map[string]*watchedBackend{},
+	}, nil
+}
+
+// Add starts checking the backend at key ("ip:port"), starting in the given
+// state (see NewHealth). Its first check runs at once.
+func (m *Monitor) Add(key string, initialUp bool) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.stopped {
+		return fmt.Errorf("add backend %s: health monitor already stopped", key)
+	}
+	if _, ok := m.backends[key]; ok {
+		return fmt.Errorf("add backend %s: already monitored", key)
+	}
+	ctx, cancel := context.WithCancel(m.ctx)
+	b := &watchedBackend{
+		key: key, health: NewHealth(m.params, initialUp),
+		wake: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{}),
+	}
+	m.backends[key] = b
+	m.wg.Add(1)
+	go m.run(ctx, b)
+	return nil
+}
+
+// Remove stops checking the backend at key and waits for its goroutine to
+// end. It reports whether the backend was monitored.
+func (m *Monitor) Remove(key string) bool {
+	m.mu.Lock()
+	b, ok := m.backends[key]
+	delete(m.backends, key)
+	m.mu.Unlock()
+	if !ok {
+		return false
+	}
+	b.cancel()
+	<-b.done
+	return true
+}
+
+// Hint asks for a check of the backend at key at once (at most one per
+// HintMinGap), because the data plane saw it refuse a connection. It
+// reports whether the backend is monitored.
+func (m *Monitor) Hint(key string) bool {
+	m.mu.Lock()
+	b, ok := m.backends[key]
+	if ok {
+		b.health.Hint()
+	}
+	m.mu.Unlock()
+	if ok {
+		select {
+		case b.wake <- struct{}{}:
+		default: // a wake-up is already pending
+		}
+	}
+	return ok
+}
+
+// Status returns the health of the backend at key.
+func (m *Monitor) Status(key string) (BackendStatus, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b, ok := m.backends[key]
+	if !ok {
+		return BackendStatus{}, false
+	}
+	return b.status(), true
+}
+
+// Statuses returns the health of every backend, sorted by key.
+func (m *Monitor) Statuses() []BackendStatus {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]BackendStatus, 0, len(m.backends))
+	for _, b := range m.backends {
+		out = append(out, b.status())
+	}
+	slices.SortFunc(out, func(a, b BackendStatus) int { return strings.Compare(a.Key, b.Key) })
+	return out
+}
+
+// Stop ends every check, waits for the goroutines, and makes Add fail. A
+// check cut short by Stop is not counted. Stop may be called more than once.
+func (m *Monitor) Stop() {
+	m.mu.Lock()
+	m.stopped = true
+	m.mu.Unlock()
+	m.cancel()
+	m.wg.Wait()
+}
+
+func (b *watchedBackend) status() BackendStatus {
+	h := b.health
+	return BackendStatus{
+		Key: b.key, Up: h.Up(), Successes: h.Successes(), Failures: h.Failures(),
+		Detail: h.Detail(), Line: h.Describe(b.key),
+	}
+}
+
+// run is the schedule of one backend: check, feed the result to its Health,
+// report a change, wait for the next check or a hint.
+func (m *Monitor) run(ctx context.Context, b *watchedBackend) {
+	defer m.wg.Done()
+	defer close(b.done)
+	var last time.Time // zero: never checked, check at once
+	for {
+		if !last.IsZero() {
+			m.mu.Lock()
+			next := b.health.NextCheck(last)
+			m.mu.Unlock()
+			if wait := next.Sub(m.clock.Now()); wait > 0 {
+				select {
+				case <-ctx.Done():
+					return
+				case <-b.wake:
+					continue // hinted: NextCheck now says when
+				case <-m.clock.After(wait):
+				}
+			}
+		}
+		at := m.clock.Now()
+		err := m.check(ctx, b.key)
+		if ctx.Err() != nil {
+			return // stopped mid-check: the failure says nothing of the backend
+		}
+		last = m.clock.Now()
+
+		detail := checkDetail(m.checker, err)
+		m.mu.Lock()
+		changed := b.health.Observe(err == nil, detail)
+		var tr Transition
+		if changed {
+			tr = b.health.transition(b.key)
+			tr.At = at
+		}
+		m.mu.Unlock()
+		if changed {
+			m.notifyMu.Lock()
+			m.notify(tr)
+			m.notifyMu.Unlock()
+		}
+	}
+}
+
+func (m *Monitor) check(ctx context.Context, addr string) error {
+	ctx, cancel := context.WithTimeout(ctx, m.params.Timeout)
+	defer cancel()
+	return m.checker.Check(ctx, addr)
+}
+
+// checkDetail is the log line's reason: the error, or "<check> ok" when the
+// checker names itself ("tls handshake ok").
+func checkDetail(c Checker, err error) string {
+	if err != nil {
+		return err.Error()
+	}
+	if s, ok := c.(fmt.Stringer); ok {
+		return s.String() + " ok"
+	}
+	return "check ok"
+}

@@ -1,0 +1,491 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// XDP attach flags (linux/if_link.h).
+const (
+	xdpFlagsUpdateIfNoExist = 1 << 0
+	xdpFlagsSKBMode         = 1 << 1
+	xdpFlagsDrvMode         = 1 << 2
+)
+
+// netlink's attach modes as reported by IFLA_XDP_ATTACHED.
+const (
+	xdpAttachedDrv = 1
+	xdpAttachedSKB = 2
+	xdpAttachedHW  = 3
+)
+
+func interfaceByName(name string) (netlink.Link, error) {
+	if name == "" {
+		return nil, errors.New("no interface given: set --iface (e.g. --iface eth1)")
+	}
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		var names []string
+		if links, lerr := netlink.LinkList(); lerr == nil {
+			for _, l := range links {
+				names = append(names, l.Attrs().Name)
+			}
+		}
+		sort.Strings(names)
+		return nil, fmt.Errorf("interface %q not found (this namespace has: %s)", name, strings.Join(names, ", "))
+	}
+	return l, nil
+}
+
+// checkForeignProgram refuses to take over an interface that runs an XDP or
+// TC program of someone else (another xdplb instance included).
+func checkForeignProgram(opts Options, iface netlink.Link) error {
+	dir := PinDir(opts.BPFFS, opts.Instance)
+	ours := map[ebpf.ProgramID]bool{}
+	for _, name := range []string{pinProgXDP, pinProgTC} {
+		if id, _ := pinnedProgID(filepath.Join(dir, name)); id != 0 {
+			ours[id] = true
+		}
+	}
+	var attached []ebpf.ProgramID
+	if x := iface.Attrs().Xdp; x != nil && x.Attached && x.ProgId != 0 {
+		attached = append(attached, ebpf.ProgramID(x.ProgId))
+	}
+	if opts.Hook == HookTC {
+		ids, _ := tcProgIDs(iface)
+		attached = append(attached, ids...)
+	}
+	for _, id := range attached {
+		if ours[id] {
+			continue
+		}
+		if other := instanceOwning(opts.BPFFS, id); other != "" && other != opts.Instance {
+			return fmt.Errorf("%s already runs xdplb instance %q (prog id %d): stop it and run `xdplb detach --instance %s`, or use that instance",
+				iface.Attrs().Name, other, id, other)
+		}
+		if opts.Hook == HookXDP && iface.Attrs().Xdp != nil && ebpf.ProgramID(iface.Attrs().Xdp.ProgId) == id {
+			return fmt.Errorf("%s already has an XDP program (prog id %d, %s) that is not xdplb instance %q's: "+
+				"remove it first (ip link set dev %s xdp off) or use --hook tc", iface.Attrs().Name, id, progName(id), opts.Instance, iface.Attrs().Name)
+		}
+	}
+	return nil
+}
+
+func progName(id ebpf.ProgramID) string {
+	p, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		return "unknown"
+	}
+	defer p.Close()
+	info, err := p.Info()
+	if err != nil {
+		return "unknown"
+	}
+	return "name " + info.Name
+}
+
+// instanceOwning says which pinned xdplb instance owns program id.
+func instanceOwning(bpffs string, id ebpf.ProgramID) string {
+	names, _ := Instances(bpffs)
+	for _, n := range names {
+		dir := PinDir(bpffs, n)
+		for _, p := range []string{pinProgXDP, pinProgTC} {
+			if pid, _ := pinnedProgID(filepath.Join(dir, p)); pid == id {
+				return n
+			}
+		}
+	}
+	return ""
+}
+
+func modeName(attachMode uint32) string {
+	switch attachMode {
+	case xdpAttachedDrv:
+		return "native"
+	case xdpAttachedSKB:
+		return "generic"
+	case xdpAttachedHW:
+		return "offload"
+	}
+	return "unknown"
+}
+
+// attachXDP attaches prog, or swaps it in for the instance's attached
+// program: update the pinned link, or replace through netlink in the mode
+// it runs in. Never detach-then-attach, which would bounce the NIC and
+// drop packets in between.
+func attachXDP(opts Options, dir string, iface netlink.Link, prog *ebpf.Program) (Attachment, bool, error) {
+	att := Attachment{Iface: iface.Attrs().Name, Ifindex: iface.Attrs().Index, Hook: HookXDP}
+	linkPath := filepath.Join(dir, pinLinkXDP)
+
+	if l, err := link.LoadPinnedLink(linkPath, nil); err == nil {
+		defer l.Close()
+		if err := l.Update(prog); err != nil {
+			return att, false, fmt.Errorf("replace program on pinned xdp link: %w", err)
+		}
+		if err := repin(prog, dir, pinProgXDP); err != nil {
+			return att, false, err
+		}
+		att.Via = "bpf_link"
+		att.Mode = currentXDPMode(iface)
+		return att, true, nil
+	}
+
+	ourID, _ := pinnedProgID(filepath.Join(dir, pinProgXDP))
+	if x := iface.Attrs().Xdp; ourID != 0 && x != nil && x.Attached && ebpf.ProgramID(x.ProgId) == ourID {
+		flags := xdpFlagsDrvMode
+		if x.AttachMode == xdpAttachedSKB {
+			flags = xdpFlagsSKBMode
+		}
+		// Without UPDATE_IF_NOEXIST the kernel swaps programs atomically.
+		if err := netlink.LinkSetXdpFdWithFlags(iface, prog.FD(), flags); err != nil {
+			return att, false, fmt.Errorf("replace xdp program on %s: %w", att.Iface, err)
+		}
+		if err := repin(prog, dir, pinProgXDP); err != nil {
+			return att, false, err
+		}
+		att.Via = "netlink"
+		att.Mode = modeName(x.AttachMode)
+		return att, true, nil
+	}
+
+	modes := []XDPMode{opts.XDPMode}
+	if opts.XDPMode == XDPAuto {
+		modes = []XDPMode{XDPNative, XDPGeneric}
+	}
+	var reasons []string
+	for _, mode := range modes {
+		via, err := attachXDPMode(iface, prog, mode, linkPath, opts.NoLink)
+		if err != nil {
+			reasons = append(reasons, fmt.Sprintf("%s: %v", mode, err))
+			continue
+		}
+		if err := repin(prog, dir, pinProgXDP); err != nil {
+			detachXDPNow(linkPath, iface, mode)
+			return att, false, err
+		}
+		att.Via = via
+		att.Mode = string(mode)
+		if len(reasons) > 0 {
+			att.Reason = "fell back to " + string(mode) + " (" + strings.Join(reasons, "; ") + ")"
+		}
+		return att, false, nil
+	}
+	hint := ""
+	if opts.XDPMode == XDPNative {
+		hint = ": the driver refused native mode (virtio_net with LRO/too many queues or a large MTU?); retry with --xdp-mode generic or --hook tc"
+	}
+	return att, false, fmt.Errorf("attach xdp to %s: %s%s", att.Iface, strings.Join(reasons, "; "), hint)
+}
+
+// attachXDPMode tries bpf_link first (5.9+), netlink where links are not
+// supported for XDP.
+func attachXDPMode(iface netlink.Link, prog *ebpf.Program, mode XDPMode, linkPath string, noLink bool) (string, error) {
+	lflags := link.XDPDriverMode
+	nflags := xdpFlagsDrvMode
+	if mode == XDPGeneric {
+		lflags = link.XDPGenericMode
+		nflags = xdpFlagsSKBMode
+	}
+	var l link.Link
+	err := ebpf.ErrNotSupported
+	if !noLink {
+		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: iface.Attrs().Index, Flags: lflags})
+	}
+	if err == nil {
+		if perr := l.Pin(linkPath); perr != nil {
+			l.Close()
+			return "", fmt.Errorf("pin xdp link: %w", perr)
+		}
+		l.Close()
+		return "bpf_link", nil
+	}
+	if !linkUnsupported(err) {
+		return "", err
+	}
+	if err := netlink.LinkSetXdpFdWithFlags(iface, prog.FD(), nflags|xdpFlagsUpdateIfNoExist); err != nil {
+		return "", err
+	}
+	return "netlink", nil
+}
+
+// linkUnsupported: the kernel has no bpf_link for this attach type.
+func linkUnsupported(err error) bool {
+	return errors.Is(err, ebpf.ErrNotSupported) || errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.EOPNOTSUPP)
+}
+
+func currentXDPMode(iface netlink.Link) string {
+	l, err := netlink.LinkByIndex(iface.Attrs().Index)
+	if err != nil || l.Attrs().Xdp == nil {
+		return "unknown"
+	}
+	return modeName(l.Attrs().Xdp.AttachMode)
+}
+
+func detachXDPNow(linkPath string, iface netlink.Link, mode XDPMode) {
+	if l, err := link.LoadPinnedLink(linkPath, nil); err == nil {
+		l.Unpin()
+		l.Close()
+		return
+	}
+	flags := xdpFlagsDrvMode
+	if mode == XDPGeneric {
+		flags = xdpFlagsSKBMode
+	}
+	netlink.LinkSetXdpFdWithFlags(iface, -1, flags)
+}
+
+const (
+	tcFilterHandle   = 0x1
+	tcFilterPriority = 0x1
+	tcFilterName     = "xdplb"
+)
+
+// attachTC attaches prog on ingress: tcx link where the kernel has it
+// (6.6+), a clsact bpf filter (direct-action) otherwise.
+func attachTC(opts Options, dir string, iface netlink.Link, prog *ebpf.Program) (Attachment, bool, error) {
+	att := Attachment{Iface: iface.Attrs().Name, Ifindex: iface.Attrs().Index, Hook: HookTC}
+	linkPath := filepath.Join(dir, pinLinkTC)
+	if l, err := link.LoadPinnedLink(linkPath, nil); err == nil {
+		defer l.Close()
+		if err := l.Update(prog); err != nil {
+			return att, false, fmt.Errorf("replace program on pinned tcx link: %w", err)
+		}
+		if err := repin(prog, dir, pinProgTC); err != nil {
+			return att, false, err
+		}
+		att.Via, att.Mode = "bpf_link", "tcx"
+		return att, true, nil
+	}
+	ourID, _ := pinnedProgID(filepath.Join(dir, pinProgTC))
+	if ourID != 0 {
+		if ids, _ := tcProgIDs(iface); containsID(ids, ourID) {
+			if err := netlink.FilterReplace(tcFilter(iface, prog)); err != nil {
+				return att, false, fmt.Errorf("replace tc filter on %s: %w", att.Iface, err)
+			}
+			if err := repin(prog, dir, pinProgTC); err != nil {
+				return att, false, err
+			}
+			att.Via, att.Mode = "netlink", "clsact"
+			return att, true, nil
+		}
+	}
+
+	var l link.Link
+	err := ebpf.ErrNotSupported
+	if !opts.NoLink {
+		l, err = link.AttachTCX(link.TCXOptions{Interface: iface.Attrs().Index, Program: prog, Attach: ebpf.AttachTCXIngress})
+	}
+	if err == nil {
+		if err := l.Pin(linkPath); err != nil {
+			l.Close()
+			return att, false, fmt.Errorf("pin tcx link: %w", err)
+		}
+		l.Close()
+		if err := repin(prog, dir, pinProgTC); err != nil {
+			detachTCNow(linkPath, iface)
+			return att, false, err
+		}
+		att.Via, att.Mode = "bpf_link", "tcx"
+		return att, false, nil
+	}
+	if !linkUnsupported(err) {
+		return att, false, fmt.Errorf("attach tcx to %s: %w", att.Iface, err)
+	}
+	qdisc := &netlink.GenericQdisc{
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: iface.Attrs().Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
+		QdiscType:  "clsact",
+	}
+	if err := netlink.QdiscAdd(qdisc); err != nil && !errors.Is(err, unix.EEXIST) {
+		return att, false, fmt.Errorf("add clsact qdisc to %s: %w", att.Iface, err)
+	}
+	if err := netlink.FilterAdd(tcFilter(iface, prog)); err != nil {
+		return att, false, fmt.Errorf("add tc filter to %s: %w", att.Iface, err)
+	}
+	if err := repin(prog, dir, pinProgTC); err != nil {
+		detachTCNow(linkPath, iface)
+		return att, false, err
+	}
+	att.Via, att.Mode = "netlink", "clsact"
+	att.Reason = "no tcx on this kernel (" + err.Error() + ")"
+	return att, false, nil
+}
+
+func tcFilter(iface netlink.Link, prog *ebpf.Program) *netlink.BpfFilter {
+	return &netlink.BpfFilter{
+		FilterAttrs: netlink.FilterAttrs{
+			LinkIndex: iface.Attrs().Index, Parent: netlink.HANDLE_MIN_INGRESS,
+			Handle: tcFilterHandle, Priority: tcFilterPriority, Protocol: unix.ETH_P_ALL,
+		},
+		Fd: prog.FD(), Name: tcFilterName, DirectAction: true,
+	}
+}
+
+// tcProgIDs lists the programs in iface's clsact ingress filters.
+func tcProgIDs(iface netlink.Link) ([]ebpf.ProgramID, error) {
+	filters, err := netlink.FilterList(iface, netlink.HANDLE_MIN_INGRESS)
+	if err != nil {
+		return nil, err
+	}
+	var ids []ebpf.ProgramID
+	for _, f := range filters {
+		if bf, ok := f.(*netlink.BpfFilter); ok && bf.Id != 0 {
+			ids = append(ids, ebpf.ProgramID(bf.Id))
+		}
+	}
+	return ids, nil
+}
+
+func containsID(ids []ebpf.ProgramID, id ebpf.ProgramID) bool {
+	for _, x := range ids {
+		if x == id {
+			return true
+		}
+	}
+	return false
+}
+
+func detachTCNow(linkPath string, iface netlink.Link) {
+	if l, err := link.LoadPinnedLink(linkPath, nil); err == nil {
+		l.Unpin()
+		l.Close()
+		return
+	}
+	netlink.FilterDel(&netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{
+		LinkIndex: iface.Attrs().Index, Parent: netlink.HANDLE_MIN_INGRESS,
+		Handle: tcFilterHandle, Priority: tcFilterPriority, Protocol: unix.ETH_P_ALL}})
+	removeEmptyClsact(iface)
+}
+
+func removeEmptyClsact(iface netlink.Link) {
+	if f, err := netlink.FilterList(iface, netlink.HANDLE_MIN_INGRESS); err != nil || len(f) > 0 {
+		return
+	}
+	if f, err := netlink.FilterList(iface, netlink.HANDLE_MIN_EGRESS); err != nil || len(f) > 0 {
+		return
+	}
+	netlink.QdiscDel(&netlink.GenericQdisc{
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: iface.Attrs().Index, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
+		QdiscType:  "clsact",
+	})
+}
+
+// Attached verifies in the kernel that the instance's pinned program is the
+// one attached (on any interface of this namespace), and says where.
+func Attached(bpffs, instance string) (Attachment, error) {
+	dir := PinDir(bpffs, instance)
+	for _, hk := range []struct {
+		hook     Hook
+		prog, ln string
+	}{{HookXDP, pinProgXDP, pinLinkXDP}, {HookTC, pinProgTC, pinLinkTC}} {
+		id, err := pinnedProgID(filepath.Join(dir, hk.prog))
+		if err != nil {
+			return Attachment{}, err
+		}
+		if id == 0 {
+			continue
+		}
+		links, err := netlink.LinkList()
+		if err != nil {
+			return Attachment{}, err
+		}
+		for _, l := range links {
+			att := Attachment{Iface: l.Attrs().Name, Ifindex: l.Attrs().Index, Hook: hk.hook, ProgID: id}
+			if hk.hook == HookXDP {
+				if x := l.Attrs().Xdp; x != nil && x.Attached && ebpf.ProgramID(x.ProgId) == id {
+					att.Mode = modeName(x.AttachMode)
+					att.Via = viaOf(filepath.Join(dir, hk.ln))
+					return att, nil
+				}
+				continue
+			}
+			if ids, _ := tcProgIDs(l); containsID(ids, id) {
+				att.Mode, att.Via = "clsact", "netlink"
+				return att, nil
+			}
+			if tcxHas(l, id) {
+				att.Mode, att.Via = "tcx", "bpf_link"
+				return att, nil
+			}
+		}
+		return Attachment{}, fmt.Errorf("instance %q: program %d is pinned but not attached to any interface", instance, id)
+	}
+	return Attachment{}, fmt.Errorf("instance %q: no program pinned under %s", instance, dir)
+}
+
+func viaOf(linkPath string) string {
+	if _, err := os.Stat(linkPath); err == nil {
+		return "bpf_link"
+	}
+	return "netlink"
+}
+
+// tcxHas says whether program id is attached through tcx ingress on l.
+func tcxHas(l netlink.Link, id ebpf.ProgramID) bool {
+	res, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: ebpf.AttachTCXIngress})
+	if err != nil {
+		return false
+	}
+	for _, p := range res.Programs {
+		if p.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+// Detach removes an instance: its attachment on every interface, its pins
+// and the pin directory. Detaching what is not there is not an error.
+func Detach(bpffs, instance string) error {
+	dir := PinDir(bpffs, instance)
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	var errs []error
+	for _, ln := range []string{pinLinkXDP, pinLinkTC} {
+		l, err := link.LoadPinnedLink(filepath.Join(dir, ln), nil)
+		if err != nil {
+			continue
+		}
+		if err := l.Unpin(); err != nil {
+			errs = append(errs, err)
+		}
+		l.Close() // last reference: the kernel detaches it
+	}
+	if id, _ := pinnedProgID(filepath.Join(dir, pinProgXDP)); id != 0 {
+		links, _ := netlink.LinkList()
+		for _, l := range links {
+			if x := l.Attrs().Xdp; x != nil && x.Attached && ebpf.ProgramID(x.ProgId) == id {
+				flags := xdpFlagsDrvMode
+				if x.AttachMode == xdpAttachedSKB {
+					flags = xdpFlagsSKBMode
+				}
+				if err := netlink.LinkSetXdpFdWithFlags(l, -1, flags); err != nil {
+					errs = append(errs, fmt.Errorf("detach xdp from %s: %w", l.Attrs().Name, err))
+				}
+			}
+		}
+	}
+	if id, _ := pinnedProgID(filepath.Join(dir, pinProgTC)); id != 0 {
+		links, _ := netlink.LinkList()
+		for _, l := range links {
+			if ids, _ := tcProgIDs(l); containsID(ids, id) {
+				detachTCNow(filepath.Join(dir, pinLinkTC), l)
+			}
+		}
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		errs = append(errs, fmt.Errorf("remove %s: %w", dir, err))
+	}
+	os.Remove(filepath.Dir(dir)) // the xdplb/ directory, if now empty
+	return errors.Join(errs...)
+}
