@@ -1,0 +1,431 @@
+package control
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/xdplb/xdplb/bpf"
+)
+
+// FlowTable names one of the data path's two flow tables.
+type FlowTable int
+
+const (
+	TableEstablished FlowTable = iota // flows
+	TableHalfOpen                     // half_open
+)
+
+func (t FlowTable) String() string {
+	if t == TableHalfOpen {
+		return "half_open"
+	}
+	return "flows"
+}
+
+// Datapath is what the balancer needs of the kernel side; loader.Datapath
+// implements it over the pinned maps, tests use a fake.
+type Datapath interface {
+	Backends() (map[uint32]bpf.Backend, error)
+	PutBackend(id uint32, b bpf.Backend) error
+	ActiveMaglev() (uint32, error)
+	PutMaglev(half uint32, table []uint32) error
+	SetActiveMaglev(half uint32) error
+	ForEachFlow(fn func(t FlowTable, k bpf.FlowKey, f bpf.Flow)) error
+	DeleteFlows(t FlowTable, keys []bpf.FlowKey) error
+	Refused(id uint32) (uint64, error)
+	ClearRefused(id uint32) error
+	Stats() ([]uint64, error)
+	BackendCounters(id uint32) (bpf.BackendCounters, error)
+}
+
+// Userspace-only bits of bpf.Backend.Flags: the data path ignores them; they
+// carry a backend's health and drain state across daemon restarts.
+const (
+	backendFlagUp      = 0x02
+	backendFlagDrained = 0x04
+	backendFlagUsed    = 0x08
+)
+
+// Nudger makes a client whose flow was dropped find out now rather than at
+// its next send: see nudge.go.
+type Nudger interface {
+	Nudge(frontend, client netip.AddrPort) error
+}
+
+// NextHop is where packets toward a backend leave: the MAC to send to, ours,
+// and the interface.
+type NextHop struct {
+	MAC, SrcMAC [6]byte
+	Ifindex     uint32
+}
+
+// BackendState is one backend as the balancer sees it.
+type BackendState struct {
+	ID      uint32
+	Addr    netip.AddrPort
+	Weight  uint32 // configured; 0 when drained by an operator
+	Up      bool
+	Drained bool
+	NextHop *NextHop
+}
+
+// Balancer turns configuration, health and operator commands into the data
+// path's backend entries and Maglev table, and keeps its flow tables clean.
+type Balancer struct {
+	dp       Datapath
+	frontend netip.AddrPort
+	timeouts bpf.Config
+	log      *slog.Logger
+	nudger   Nudger
+	now      func() uint64 // CLOCK_MONOTONIC ns, the data path's clock
+
+	mu       sync.Mutex
+	backends map[netip.AddrPort]*BackendState
+}
+
+// BalancerOptions configure NewBalancer.
+type BalancerOptions struct {
+	Frontend netip.AddrPort
+	Backends []BackendSpec // ports resolved
+	Timeouts bpf.Config    // for GC: the same timeouts as the data path
+	Logger   *slog.Logger
+	Nudger   Nudger
+	Now      func() uint64
+}
+
+// NewBalancer reads the data path's backend entries (left by a previous
+// daemon, if any) so a backend keeps its index and its health and drain
+// state across restarts, then assigns free indexes to new backends.
+func NewBalancer(dp Datapath, o BalancerOptions) (*Balancer, error) {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	b := &Balancer{dp: dp, frontend: o.Frontend, timeouts: o.Timeouts, log: o.Logger, nudger: o.Nudger, now: o.Now,
+		backends: map[netip.AddrPort]*BackendState{}}
+	existing, err := dp.Backends()
+	if err != nil {
+		return nil, fmt.Errorf("read backends map: %w", err)
+	}
+	byAddr := map[netip.AddrPort]uint32{}
+	used := map[uint32]bool{}
+	for id, be := range existing {
+		if be.Flags&backendFlagUsed == 0 {
+			continue
+		}
+		byAddr[netip.AddrPortFrom(bpf.Addr(be.Addr), bpf.Port(be.Port))] = id
+	}
+	for _, spec := range o.Backends {
+		if id, ok := byAddr[spec.Addr]; ok {
+			used[id] = true
+		}
+	}
+	next := uint32(0)
+	for _, spec := range o.Backends {
+		st := &BackendState{Addr: spec.Addr, Weight: spec.Weight, Up: true}
+		if id, ok := byAddr[spec.Addr]; ok {
+			st.ID = id
+			prev := existing[id]
+			st.Up = prev.Flags&backendFlagUp != 0
+			st.Drained = prev.Flags&backendFlagDrained != 0
+			if prev.Flags&bpf.BackendFlagMAC != 0 {
+				st.NextHop = &NextHop{MAC: prev.Mac, SrcMAC: prev.Smac, Ifindex: prev.Ifindex}
+			}
+		} else {
+			for used[next] {
+				next++
+			}
+			if next >= bpf.MaxBackends {
+				return nil, fmt.Errorf("more than %d backends", bpf.MaxBackends)
+			}
+			st.ID = next
+			used[next] = true
+		}
+		b.backends[spec.Addr] = st
+	}
+	// Entries of backends no longer configured are cleared so their slot
+	// can be reused; their flows are purged by the first GC.
+	for addr, id := range byAddr {
+		if _, ok := b.backends[addr]; !ok {
+			if err := dp.PutBackend(id, bpf.Backend{}); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return b, nil
+}
+
+// Backends returns a snapshot sorted by address.
+func (b *Balancer) Backends() []BackendState {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([]BackendState, 0, len(b.backends))
+	for _, st := range b.backends {
+		out = append(out, *st)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Addr.Compare(out[j].Addr) < 0 })
+	return out
+}
+
+// Lookup returns a backend by address.
+func (b *Balancer) Lookup(addr netip.AddrPort) (BackendState, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st, ok := b.backends[addr]
+	if !ok {
+		return BackendState{}, false
+	}
+	return *st, true
+}
+
+// Sync writes every backend entry and a fresh Maglev table. It is safe to
+// call at any time: the table is written into the half the data path is
+// not reading, then made live in one store.
+func (b *Balancer) Sync() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.syncLocked()
+}
+
+func (b *Balancer) syncLocked() error {
+	var mb []MaglevBackend
+	for _, st := range b.backends {
+		if err := b.dp.PutBackend(st.ID, b.entry(st)); err != nil {
+			return fmt.Errorf("write backend %s: %w", st.Addr, err)
+		}
+		w := st.Weight
+		if !st.Up || st.Drained {
+			w = 0
+		}
+		mb = append(mb, MaglevBackend{ID: st.ID, Key: st.Addr.String(), Weight: w})
+	}
+	table := BuildMaglev(mb, bpf.MaglevSize)
+	active, err := b.dp.ActiveMaglev()
+	if err != nil {
+		return fmt.Errorf("read live maglev table: %w", err)
+	}
+	spare := 1 - active&1
+	if err := b.dp.PutMaglev(spare, table); err != nil {
+		return fmt.Errorf("write maglev table: %w", err)
+	}
+	if err := b.dp.SetActiveMaglev(spare); err != nil {
+		return fmt.Errorf("switch maglev table: %w", err)
+	}
+	return nil
+}
+
+func (b *Balancer) entry(st *BackendState) bpf.Backend {
+	be := bpf.Backend{Addr: bpf.BE32(st.Addr.Addr()), Port: bpf.BE16(st.Addr.Port()), Flags: backendFlagUsed}
+	if st.Up {
+		be.Flags |= backendFlagUp
+	}
+	if st.Drained {
+		be.Flags |= backendFlagDrained
+	}
+	if st.NextHop != nil {
+		be.Flags |= bpf.BackendFlagMAC
+		be.Mac, be.Smac, be.Ifindex = st.NextHop.MAC, st.NextHop.SrcMAC, st.NextHop.Ifindex
+	}
+	return be
+}
+
+// SetHealth records a health transition. A backend going down leaves the
+// table at once and its tracked flows are removed, with their clients
+// nudged so they see a reset now instead of hanging on a dead server.
+func (b *Balancer) SetHealth(addr netip.AddrPort, up bool) error {
+	b.mu.Lock()
+	st, ok := b.backends[addr]
+	if !ok {
+		b.mu.Unlock()
+		return fmt.Errorf("backend %s is not configured", addr)
+	}
+	if st.Up == up {
+		b.mu.Unlock()
+		return nil
+	}
+	st.Up = up
+	id := st.ID
+	err := b.syncLocked()
+	b.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if !up {
+		n, err := b.purge(func(f bpf.Flow) bool { return f.Backend == id })
+		b.log.Info("removed flows of backend", "backend", addr.String(), "connections", n)
+		return err
+	}
+	return b.dp.ClearRefused(id)
+}
+
+// SetDrained drains (no new flows, existing ones stay) or re-enables a backend.
+func (b *Balancer) SetDrained(addr netip.AddrPort, drained bool) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st, ok := b.backends[addr]
+	if !ok {
+		return fmt.Errorf("backend %s is not configured", addr)
+	}
+	st.Drained = drained
+	return b.syncLocked()
+}
+
+// SetWeight changes a backend's weight; 0 drains it.
+func (b *Balancer) SetWeight(addr netip.AddrPort, w uint32) error {
+	if w > MaxWeight {
+		return fmt.Errorf("weight %d: at most %d", w, MaxWeight)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st, ok := b.backends[addr]
+	if !ok {
+		return fmt.Errorf("backend %s is not configured", addr)
+	}
+	st.Weight = w
+	return b.syncLocked()
+}
+
+// SetNextHop records where a backend's packets leave; nil when unresolved.
+func (b *Balancer) SetNextHop(addr netip.AddrPort, nh *NextHop) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st, ok := b.backends[addr]
+	if !ok {
+		return nil
+	}
+	if (st.NextHop == nil) == (nh == nil) && (nh == nil || *st.NextHop == *nh) {
+		return nil
+	}
+	st.NextHop = nh
+	return b.dp.PutBackend(st.ID, b.entry(st))
+}
+
+// Refused reports the backends the data path flagged for refusing a SYN
+// (with RST) at or after since, with the time of the flag.
+func (b *Balancer) Refused() (map[netip.AddrPort]uint64, error) {
+	out := map[netip.AddrPort]uint64{}
+	for _, st := range b.Backends() {
+		ts, err := b.dp.Refused(st.ID)
+		if err != nil {
+			return nil, err
+		}
+		if ts != 0 {
+			out[st.Addr] = ts
+		}
+	}
+	return out, nil
+}
+
+// ClearRefusedBefore clears a backend's refusal flag if it was set before
+// t: a health check that started after the refusal has passed.
+func (b *Balancer) ClearRefusedBefore(addr netip.AddrPort, t uint64) error {
+	st, ok := b.Lookup(addr)
+	if !ok {
+		return nil
+	}
+	ts, err := b.dp.Refused(st.ID)
+	if err != nil || ts == 0 || ts >= t {
+		return err
+	}
+	return b.dp.ClearRefused(st.ID)
+}
+
+// GCResult summarises one pass over the flow tables.
+type GCResult struct {
+	Expired, Orphaned int
+	// Connections per backend, counted by their client->backend entries.
+	Connections map[uint32]int
+	HalfOpen    map[uint32]int
+	Entries     map[FlowTable]int
+}
+
+// GC removes flows idle past their state's timeout (the data path also
+// ignores them, but only when a packet comes) and flows of backends that
+// are down or gone, and counts what stays.
+func (b *Balancer) GC() (GCResult, error) {
+	res := GCResult{Connections: map[uint32]int{}, HalfOpen: map[uint32]int{}, Entries: map[FlowTable]int{}}
+	live := map[uint32]bool{}
+	for _, st := range b.Backends() {
+		if st.Up {
+			live[st.ID] = true
+		}
+	}
+	now := b.now()
+	dead := map[FlowTable][]bpf.FlowKey{}
+	var orphans []bpf.FlowKey
+	err := b.dp.ForEachFlow(func(t FlowTable, k bpf.FlowKey, f bpf.Flow) {
+		switch {
+		case now > f.LastSeenNs && time.Duration(now-f.LastSeenNs) > b.timeouts.Timeout(bpf.FlowState(f.State)):
+			dead[t] = append(dead[t], k)
+			res.Expired++
+		case !live[f.Backend]:
+			dead[t] = append(dead[t], k)
+			res.Orphaned++
+			if f.Dir == uint8(bpf.FlowToBackend) && t == TableEstablished {
+				orphans = append(orphans, k)
+			}
+		default:
+			res.Entries[t]++
+			if f.Dir == uint8(bpf.FlowToBackend) {
+				if t == TableHalfOpen {
+					res.HalfOpen[f.Backend]++
+				} else {
+					res.Connections[f.Backend]++
+				}
+			}
+		}
+	})
+	if err != nil {
+		return res, err
+	}
+	var errs []error
+	for t, keys := range dead {
+		if err := b.dp.DeleteFlows(t, keys); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	b.nudge(orphans)
+	return res, errors.Join(errs...)
+}
+
+// purge deletes every flow (both entries) matching sel and nudges the
+// clients of established ones.
+func (b *Balancer) purge(sel func(bpf.Flow) bool) (int, error) {
+	keys := map[FlowTable][]bpf.FlowKey{}
+	var clients []bpf.FlowKey
+	err := b.dp.ForEachFlow(func(t FlowTable, k bpf.FlowKey, f bpf.Flow) {
+		if !sel(f) {
+			return
+		}
+		keys[t] = append(keys[t], k)
+		if f.Dir == uint8(bpf.FlowToBackend) && t == TableEstablished {
+			clients = append(clients, k)
+		}
+	})
+	if err != nil {
+		return 0, err
+	}
+	var errs []error
+	for t, ks := range keys {
+		if err := b.dp.DeleteFlows(t, ks); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	b.nudge(clients)
+	return len(clients), errors.Join(errs...)
+}
+
+func (b *Balancer) nudge(clientKeys []bpf.FlowKey) {
+	if b.nudger == nil {
+		return
+	}
+	for _, k := range clientKeys {
+		if err := b.nudger.Nudge(k.Dst(), k.Src()); err != nil {
+			b.log.Warn("nudge client", "client", k.Src().String(), "err", err)
+		}
+	}
+}
