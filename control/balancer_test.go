@@ -1,0 +1,259 @@
+package control
+
+import (
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/xdplb/xdplb/bpf"
+)
+
+// fakeDatapath keeps the maps in Go.
+type fakeDatapath struct {
+	mu       sync.Mutex
+	backends map[uint32]bpf.Backend
+	maglev   [2][]uint32
+	active   uint32
+	flows    [2]map[bpf.FlowKey]bpf.Flow
+	refused  map[uint32]uint64
+	swaps    int
+}
+
+func newFakeDatapath() *fakeDatapath {
+	return &fakeDatapath{backends: map[uint32]bpf.Backend{}, refused: map[uint32]uint64{},
+		flows: [2]map[bpf.FlowKey]bpf.Flow{{}, {}}}
+}
+
+func (f *fakeDatapath) Backends() (map[uint32]bpf.Backend, error) {
+	out := map[uint32]bpf.Backend{}
+	for k, v := range f.backends {
+		if v != (bpf.Backend{}) {
+			out[k] = v
+		}
+	}
+	return out, nil
+}
+func (f *fakeDatapath) PutBackend(id uint32, b bpf.Backend) error { f.backends[id] = b; return nil }
+func (f *fakeDatapath) ActiveMaglev() (uint32, error)             { return f.active, nil }
+func (f *fakeDatapath) PutMaglev(half uint32, t []uint32) error {
+	if half == f.active && f.maglev[half] != nil {
+		panic("wrote the live maglev table")
+	}
+	f.maglev[half] = append([]uint32(nil), t...)
+	return nil
+}
+func (f *fakeDatapath) SetActiveMaglev(half uint32) error { f.active = half; f.swaps++; return nil }
+func (f *fakeDatapath) ForEachFlow(fn func(FlowTable, bpf.FlowKey, bpf.Flow)) error {
+	for t, m := range f.flows {
+		for k, v := range m {
+			fn(FlowTable(t), k, v)
+		}
+	}
+	return nil
+}
+func (f *fakeDatapath) DeleteFlows(t FlowTable, keys []bpf.FlowKey) error {
+	for _, k := range keys {
+		delete(f.flows[t], k)
+	}
+	return nil
+}
+func (f *fakeDatapath) Refused(id uint32) (uint64, error) { return f.refused[id], nil }
+func (f *fakeDatapath) ClearRefused(id uint32) error      { f.refused[id] = 0; return nil }
+func (f *fakeDatapath) Stats() ([]uint64, error)          { return make([]uint64, bpf.StatCount), nil }
+func (f *fakeDatapath) BackendCounters(uint32) (bpf.BackendCounters, error) {
+	return bpf.BackendCounters{}, nil
+}
+
+func (f *fakeDatapath) live() []uint32 { return f.maglev[f.active] }
+
+// addConn records a tracked connection client -> backend id as the data
+// path would: both entries.
+func (f *fakeDatapath) addConn(client netip.AddrPort, backend netip.AddrPort, id uint32, snat uint16, lastSeen uint64, state bpf.FlowState) bpf.FlowKey {
+	front := netip.MustParseAddrPort("10.10.10.100:6443")
+	ck := bpf.Key(client, front)
+	sn := netip.AddrPortFrom(front.Addr(), snat)
+	f.flows[TableEstablished][ck] = bpf.Flow{Saddr: bpf.BE32(sn.Addr()), Sport: bpf.BE16(snat), Daddr: bpf.BE32(backend.Addr()), Dport: bpf.BE16(backend.Port()),
+		Backend: id, Dir: uint8(bpf.FlowToBackend), State: uint8(state), LastSeenNs: lastSeen}
+	f.flows[TableEstablished][bpf.Key(backend, sn)] = bpf.Flow{Saddr: bpf.BE32(front.Addr()), Sport: bpf.BE16(6443), Daddr: bpf.BE32(client.Addr()), Dport: bpf.BE16(client.Port()),
+		Backend: id, Dir: uint8(bpf.FlowToClient), State: uint8(state), LastSeenNs: lastSeen}
+	return ck
+}
+
+type recordNudger struct{ got []netip.AddrPort }
+
+func (r *recordNudger) Nudge(_, client netip.AddrPort) error { r.got = append(r.got, client); return nil }
+
+var (
+	s1 = netip.MustParseAddrPort("10.10.10.50:6443")
+	s2 = netip.MustParseAddrPort("10.10.10.51:6443")
+	s3 = netip.MustParseAddrPort("10.10.10.52:6443")
+)
+
+func newTestBalancer(t *testing.T, dp *fakeDatapath, now *uint64, n Nudger) *Balancer {
+	t.Helper()
+	b, err := NewBalancer(dp, BalancerOptions{
+		Frontend: netip.MustParseAddrPort("10.10.10.100:6443"),
+		Backends: []BackendSpec{{Addr: s1, Weight: 1}, {Addr: s2, Weight: 1}, {Addr: s3, Weight: 1}},
+		Timeouts: bpf.Config{IdleTimeout: time.Hour, SynTimeout: 10 * time.Second},
+		Nudger:   n, Now: func() uint64 { return *now },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func share(table []uint32) map[uint32]int {
+	out := map[uint32]int{}
+	for _, id := range table {
+		out[id]++
+	}
+	return out
+}
+
+// TestBalancerDownPurgesAndNudges: a backend going down leaves the live
+// table at once, its connections are removed (both entries) and their
+// clients nudged; other backends' connections stay.
+func TestBalancerDownPurgesAndNudges(t *testing.T) {
+	dp := newFakeDatapath()
+	now := uint64(100e9)
+	nudges := &recordNudger{}
+	b := newTestBalancer(t, dp, &now, nudges)
+	st2, _ := b.Lookup(s2)
+	if share(dp.live())[st2.ID] == 0 {
+		t.Fatal("s2 has no slots while up")
+	}
+	victim := netip.MustParseAddrPort("10.10.10.101:40000")
+	other := netip.MustParseAddrPort("10.10.10.102:40000")
+	dp.addConn(victim, s2, st2.ID, 30000, now, bpf.FlowEstablished)
+	st1, _ := b.Lookup(s1)
+	keep := dp.addConn(other, s1, st1.ID, 30001, now, bpf.FlowEstablished)
+
+	if err := b.SetHealth(s2, false); err != nil {
+		t.Fatal(err)
+	}
+	if share(dp.live())[st2.ID] != 0 {
+		t.Fatal("down backend still owns slots in the live table")
+	}
+	if len(dp.flows[TableEstablished]) != 2 {
+		t.Fatalf("flows left: %d entries, want the other connection's 2", len(dp.flows[TableEstablished]))
+	}
+	if _, ok := dp.flows[TableEstablished][keep]; !ok {
+		t.Fatal("a healthy backend's connection was removed")
+	}
+	if len(nudges.got) != 1 || nudges.got[0] != victim {
+		t.Fatalf("nudged %v, want [%v]", nudges.got, victim)
+	}
+	if dp.backends[st2.ID].Flags&backendFlagUp != 0 {
+		t.Fatal("down state not recorded in the backends map")
+	}
+	// Up again: back in the table, its refusal flag cleared.
+	dp.refused[st2.ID] = 5
+	if err := b.SetHealth(s2, true); err != nil {
+		t.Fatal(err)
+	}
+	if share(dp.live())[st2.ID] == 0 || dp.refused[st2.ID] != 0 {
+		t.Fatal("backend back up: not in the table, or refusal flag kept")
+	}
+}
+
+// TestBalancerDrainKeepsFlows: drain takes the backend out of the table but
+// leaves its connections alone; weights give proportional slots.
+func TestBalancerDrainKeepsFlows(t *testing.T) {
+	dp := newFakeDatapath()
+	now := uint64(100e9)
+	b := newTestBalancer(t, dp, &now, nil)
+	st1, _ := b.Lookup(s1)
+	dp.addConn(netip.MustParseAddrPort("10.10.10.101:40000"), s1, st1.ID, 30000, now, bpf.FlowEstablished)
+	if err := b.SetDrained(s1, true); err != nil {
+		t.Fatal(err)
+	}
+	if share(dp.live())[st1.ID] != 0 {
+		t.Fatal("drained backend owns slots")
+	}
+	if res, _ := b.GC(); len(dp.flows[TableEstablished]) != 2 || res.Connections[st1.ID] != 1 {
+		t.Fatalf("drain removed flows or GC lost count: %+v", res)
+	}
+	if err := b.SetDrained(s1, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetWeight(s3, 3); err != nil {
+		t.Fatal(err)
+	}
+	st3, _ := b.Lookup(s3)
+	sh := share(dp.live())
+	ratio := float64(sh[st3.ID]) / float64(sh[st1.ID])
+	if ratio < 2.9 || ratio > 3.1 {
+		t.Fatalf("weight 3 vs 1 gives slot ratio %.2f", ratio)
+	}
+	if err := b.SetWeight(s3, MaxWeight+1); err == nil {
+		t.Fatal("weight above the maximum accepted")
+	}
+	if err := b.SetDrained(netip.MustParseAddrPort("10.0.0.1:6443"), true); err == nil {
+		t.Fatal("drain of an unknown backend accepted")
+	}
+}
+
+// TestBalancerGC: idle and closed flows expire by their state's timeout;
+// flows of backends no longer configured are removed.
+func TestBalancerGC(t *testing.T) {
+	dp := newFakeDatapath()
+	now := uint64(10_000e9)
+	b := newTestBalancer(t, dp, &now, nil)
+	st1, _ := b.Lookup(s1)
+	fresh := dp.addConn(netip.MustParseAddrPort("10.10.10.101:1"), s1, st1.ID, 30000, now-uint64(time.Minute), bpf.FlowEstablished)
+	dp.addConn(netip.MustParseAddrPort("10.10.10.101:2"), s1, st1.ID, 30001, now-uint64(2*time.Hour), bpf.FlowEstablished)
+	dp.addConn(netip.MustParseAddrPort("10.10.10.101:3"), s1, st1.ID, 30002, now-uint64(20*time.Second), bpf.FlowClosing)
+	dp.addConn(netip.MustParseAddrPort("10.10.10.101:4"), netip.MustParseAddrPort("10.10.10.60:6443"), 77, 30003, now, bpf.FlowEstablished)
+	res, err := b.GC()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Expired != 4 || res.Orphaned != 2 || len(dp.flows[TableEstablished]) != 2 {
+		t.Fatalf("gc %+v, %d entries left", res, len(dp.flows[TableEstablished]))
+	}
+	if _, ok := dp.flows[TableEstablished][fresh]; !ok {
+		t.Fatal("a live flow was collected")
+	}
+}
+
+// TestBalancerKeepsIDsAcrossRestart: a new balancer over the same maps
+// keeps each backend's index and health, and gives a new backend a free one.
+func TestBalancerKeepsIDsAcrossRestart(t *testing.T) {
+	dp := newFakeDatapath()
+	now := uint64(100e9)
+	b := newTestBalancer(t, dp, &now, nil)
+	before := map[netip.AddrPort]uint32{}
+	for _, st := range b.Backends() {
+		before[st.Addr] = st.ID
+	}
+	if err := b.SetHealth(s3, false); err != nil {
+		t.Fatal(err)
+	}
+	s4 := netip.MustParseAddrPort("10.10.10.53:6443")
+	b2, err := NewBalancer(dp, BalancerOptions{
+		Frontend: netip.MustParseAddrPort("10.10.10.100:6443"),
+		Backends: []BackendSpec{{Addr: s4, Weight: 1}, {Addr: s3, Weight: 1}, {Addr: s1, Weight: 1}},
+		Now:      func() uint64 { return now },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []netip.AddrPort{s1, s3} {
+		st, _ := b2.Lookup(a)
+		if st.ID != before[a] {
+			t.Fatalf("%v changed index %d -> %d", a, before[a], st.ID)
+		}
+	}
+	if st, _ := b2.Lookup(s3); st.Up {
+		t.Fatal("s3's down state lost across restart")
+	}
+	st4, _ := b2.Lookup(s4)
+	if st4.ID != before[s2] {
+		t.Fatalf("new backend got index %d, want the freed %d", st4.ID, before[s2])
+	}
+}
