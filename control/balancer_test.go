@@ -82,7 +82,10 @@ func (f *fakeDatapath) addConn(client netip.AddrPort, backend netip.AddrPort, id
 
 type recordNudger struct{ got []netip.AddrPort }
 
-func (r *recordNudger) Nudge(_, client netip.AddrPort) error { r.got = append(r.got, client); return nil }
+func (r *recordNudger) Nudge(_, client netip.AddrPort) error {
+	r.got = append(r.got, client)
+	return nil
+}
 
 var (
 	s1 = netip.MustParseAddrPort("10.10.10.50:6443")
