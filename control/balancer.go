@@ -71,7 +71,10 @@ type BackendState struct {
 	Weight  uint32 // configured; 0 when drained by an operator
 	Up      bool
 	Drained bool
-	NextHop *NextHop
+	// FlowsKept: down, but its connections were left alone because the
+	// server still answered (not ready); they go if it stops answering.
+	FlowsKept bool
+	NextHop   *NextHop
 }
 
 // Balancer turns configuration, health and operator commands into the data
@@ -234,9 +237,11 @@ func (b *Balancer) entry(st *BackendState) bpf.Backend {
 }
 
 // SetHealth records a health transition. A backend going down leaves the
-// table at once and its tracked flows are removed, with their clients
-// nudged so they see a reset now instead of hanging on a dead server.
-func (b *Balancer) SetHealth(addr netip.AddrPort, up bool) error {
+// table at once. Unless keepFlows, its tracked flows are removed and their
+// clients nudged so they see a reset now instead of hanging on a dead
+// server; keepFlows is for a server that still answers but is not ready,
+// whose established connections (watches) may well go on working.
+func (b *Balancer) SetHealth(addr netip.AddrPort, up, keepFlows bool) error {
 	b.mu.Lock()
 	st, ok := b.backends[addr]
 	if !ok {
@@ -248,18 +253,41 @@ func (b *Balancer) SetHealth(addr netip.AddrPort, up bool) error {
 		return nil
 	}
 	st.Up = up
+	st.FlowsKept = !up && keepFlows
 	id := st.ID
 	err := b.syncLocked()
 	b.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	if !up {
-		n, err := b.purge(func(f bpf.Flow) bool { return f.Backend == id })
-		b.log.Info("removed flows of backend", "backend", addr.String(), "connections", n)
-		return err
+	if up {
+		return b.dp.ClearRefused(id)
 	}
-	return b.dp.ClearRefused(id)
+	if keepFlows {
+		return nil
+	}
+	return b.purgeBackend(addr, id)
+}
+
+// PurgeFlows removes the connections a down backend kept (see SetHealth)
+// once it stops answering at all.
+func (b *Balancer) PurgeFlows(addr netip.AddrPort) error {
+	b.mu.Lock()
+	st, ok := b.backends[addr]
+	if !ok || st.Up || !st.FlowsKept {
+		b.mu.Unlock()
+		return nil
+	}
+	st.FlowsKept = false
+	id := st.ID
+	b.mu.Unlock()
+	return b.purgeBackend(addr, id)
+}
+
+func (b *Balancer) purgeBackend(addr netip.AddrPort, id uint32) error {
+	n, err := b.purge(func(f bpf.Flow) bool { return f.Backend == id })
+	b.log.Info("removed flows of backend", "backend", addr.String(), "connections", n)
+	return err
 }
 
 // SetDrained drains (no new flows, existing ones stay) or re-enables a backend.
@@ -350,7 +378,7 @@ func (b *Balancer) GC() (GCResult, error) {
 	res := GCResult{Connections: map[uint32]int{}, HalfOpen: map[uint32]int{}, Entries: map[FlowTable]int{}}
 	live := map[uint32]bool{}
 	for _, st := range b.Backends() {
-		if st.Up {
+		if st.Up || st.FlowsKept {
 			live[st.ID] = true
 		}
 	}

@@ -1,6 +1,8 @@
 package control
 
 import (
+	"io"
+	"log/slog"
 	"net/netip"
 	"sync"
 	"testing"
@@ -99,7 +101,7 @@ func newTestBalancer(t *testing.T, dp *fakeDatapath, now *uint64, n Nudger) *Bal
 		Frontend: netip.MustParseAddrPort("10.10.10.100:6443"),
 		Backends: []BackendSpec{{Addr: s1, Weight: 1}, {Addr: s2, Weight: 1}, {Addr: s3, Weight: 1}},
 		Timeouts: bpf.Config{IdleTimeout: time.Hour, SynTimeout: 10 * time.Second},
-		Nudger:   n, Now: func() uint64 { return *now },
+		Nudger:   n, Now: func() uint64 { return *now }, Logger: quietLogger,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -136,7 +138,7 @@ func TestBalancerDownPurgesAndNudges(t *testing.T) {
 	st1, _ := b.Lookup(s1)
 	keep := dp.addConn(other, s1, st1.ID, 30001, now, bpf.FlowEstablished)
 
-	if err := b.SetHealth(s2, false); err != nil {
+	if err := b.SetHealth(s2, false, false); err != nil {
 		t.Fatal(err)
 	}
 	if share(dp.live())[st2.ID] != 0 {
@@ -156,7 +158,7 @@ func TestBalancerDownPurgesAndNudges(t *testing.T) {
 	}
 	// Up again: back in the table, its refusal flag cleared.
 	dp.refused[st2.ID] = 5
-	if err := b.SetHealth(s2, true); err != nil {
+	if err := b.SetHealth(s2, true, false); err != nil {
 		t.Fatal(err)
 	}
 	if share(dp.live())[st2.ID] == 0 || dp.refused[st2.ID] != 0 {
@@ -234,14 +236,14 @@ func TestBalancerKeepsIDsAcrossRestart(t *testing.T) {
 	for _, st := range b.Backends() {
 		before[st.Addr] = st.ID
 	}
-	if err := b.SetHealth(s3, false); err != nil {
+	if err := b.SetHealth(s3, false, false); err != nil {
 		t.Fatal(err)
 	}
 	s4 := netip.MustParseAddrPort("10.10.10.53:6443")
 	b2, err := NewBalancer(dp, BalancerOptions{
 		Frontend: netip.MustParseAddrPort("10.10.10.100:6443"),
 		Backends: []BackendSpec{{Addr: s4, Weight: 1}, {Addr: s3, Weight: 1}, {Addr: s1, Weight: 1}},
-		Now:      func() uint64 { return now },
+		Now:      func() uint64 { return now }, Logger: quietLogger,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -260,3 +262,31 @@ func TestBalancerKeepsIDsAcrossRestart(t *testing.T) {
 		t.Fatalf("new backend got index %d, want the freed %d", st4.ID, before[s2])
 	}
 }
+
+// TestBalancerNotReadyKeepsFlows: a backend down because it answers "not
+// ready" keeps its connections until it stops answering.
+func TestBalancerNotReadyKeepsFlows(t *testing.T) {
+	dp := newFakeDatapath()
+	now := uint64(100e9)
+	nudges := &recordNudger{}
+	b := newTestBalancer(t, dp, &now, nudges)
+	st2, _ := b.Lookup(s2)
+	dp.addConn(netip.MustParseAddrPort("10.10.10.101:40000"), s2, st2.ID, 30000, now, bpf.FlowEstablished)
+	if err := b.SetHealth(s2, false, true); err != nil {
+		t.Fatal(err)
+	}
+	if share(dp.live())[st2.ID] != 0 {
+		t.Fatal("not-ready backend still owns slots")
+	}
+	if res, _ := b.GC(); len(dp.flows[TableEstablished]) != 2 || res.Connections[st2.ID] != 1 || len(nudges.got) != 0 {
+		t.Fatalf("not-ready backend lost its connections: %+v, nudged %v", res, nudges.got)
+	}
+	if err := b.PurgeFlows(s2); err != nil {
+		t.Fatal(err)
+	}
+	if len(dp.flows[TableEstablished]) != 0 || len(nudges.got) != 1 {
+		t.Fatalf("purge left %d entries, nudged %v", len(dp.flows[TableEstablished]), nudges.got)
+	}
+}
+
+var quietLogger = slog.New(slog.NewTextHandler(io.Discard, nil))

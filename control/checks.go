@@ -228,9 +228,24 @@ func (c *HTTPSChecker) get(ctx context.Context, addr string) error {
 	defer resp.Body.Close()
 	io.Copy(io.Discard, io.LimitReader(resp.Body, maxCheckBody))
 	if resp.StatusCode != c.opts.ExpectStatus {
-		return fmt.Errorf("status %d", resp.StatusCode)
+		return &StatusError{Code: resp.StatusCode}
 	}
 	return nil
+}
+
+// StatusError is an https check answered with the wrong status: the server
+// is alive but says it is not ready (K3s /readyz 503 while it starts or
+// loses etcd). The daemon drains such a backend (no new flows) instead of
+// cutting its established connections.
+type StatusError struct{ Code int }
+
+func (e *StatusError) Error() string { return fmt.Sprintf("status %d", e.Code) }
+
+// IsNotReady reports whether err came from a server that answered but
+// was not ready (see StatusError).
+func IsNotReady(err error) bool {
+	var se *StatusError
+	return errors.As(err, &se)
 }
 
 // handshake dials addr and completes a TLS handshake under ctx.

@@ -64,7 +64,7 @@ func TestParseConfigDefaults(t *testing.T) {
 		t.Errorf("Validate() = %v", err)
 	}
 	wantParams := HealthParams{Inter: 2 * time.Second, FastInter: 2 * time.Second, DownInter: 2 * time.Second,
-		Timeout: 2 * time.Second, Rise: 2, Fall: 3}
+		Timeout: time.Second, Rise: 2, Fall: 3}
 	if got := cfg.HealthParams(); got != wantParams {
 		t.Errorf("HealthParams() = %+v, want HAProxy's defaults %+v", got, wantParams)
 	}

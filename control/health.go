@@ -9,8 +9,10 @@ import (
 // HAProxy's defaults, so that the guide's settings carry over unchanged.
 const (
 	DefaultInter = 2 * time.Second
-	DefaultRise  = 2
-	DefaultFall  = 3
+	// DefaultMaxTimeout caps the default check timeout (see HealthParams).
+	DefaultMaxTimeout = time.Second
+	DefaultRise       = 2
+	DefaultFall       = 3
 )
 
 // HintMinGap bounds how soon after a check a hinted check may run. The data
@@ -28,7 +30,9 @@ type HealthParams struct {
 	// DownInter is the interval between checks of a backend that is fully
 	// down. Defaults to Inter.
 	DownInter time.Duration
-	// Timeout bounds one check. Defaults to Inter, as HAProxy's check timeout.
+	// Timeout bounds one check. Defaults to the smaller of Inter and
+	// DefaultMaxTimeout, so that with intervals run start to start a dead
+	// backend is marked down within fall x inter + 1 s.
 	Timeout time.Duration
 	// Rise is the number of consecutive successes that bring a backend up.
 	Rise int
@@ -49,7 +53,7 @@ func (p HealthParams) WithDefaults() HealthParams {
 		p.DownInter = p.Inter
 	}
 	if p.Timeout == 0 {
-		p.Timeout = p.Inter
+		p.Timeout = min(p.Inter, DefaultMaxTimeout)
 	}
 	if p.Rise == 0 {
 		p.Rise = DefaultRise

@@ -22,12 +22,17 @@ func TestHealthParamsWithDefaults(t *testing.T) {
 		{
 			name: "all zero: HAProxy defaults",
 			in:   HealthParams{},
-			want: HealthParams{Inter: 2 * time.Second, FastInter: 2 * time.Second, DownInter: 2 * time.Second, Timeout: 2 * time.Second, Rise: 2, Fall: 3},
+			want: HealthParams{Inter: 2 * time.Second, FastInter: 2 * time.Second, DownInter: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3},
 		},
 		{
-			name: "fastinter, downinter and timeout follow inter",
+			name: "fastinter and downinter follow inter, timeout capped at 1s",
 			in:   HealthParams{Inter: 5 * time.Second},
-			want: HealthParams{Inter: 5 * time.Second, FastInter: 5 * time.Second, DownInter: 5 * time.Second, Timeout: 5 * time.Second, Rise: 2, Fall: 3},
+			want: HealthParams{Inter: 5 * time.Second, FastInter: 5 * time.Second, DownInter: 5 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3},
+		},
+		{
+			name: "timeout follows a short inter",
+			in:   HealthParams{Inter: 300 * time.Millisecond},
+			want: HealthParams{Inter: 300 * time.Millisecond, FastInter: 300 * time.Millisecond, DownInter: 300 * time.Millisecond, Timeout: 300 * time.Millisecond, Rise: 2, Fall: 3},
 		},
 		{
 			name: "set values kept",

@@ -204,7 +204,10 @@ func (m *Monitor) run(ctx context.Context, b *watchedBackend) {
 		if ctx.Err() != nil {
 			return // stopped mid-check: the failure says nothing of the backend
 		}
-		last = m.clock.Now()
+		// Intervals run from start to start, as a timer would: a check
+		// that times out does not push the next one back, so a dead
+		// backend is down within fall x inter + timeout.
+		last = at
 
 		detail := checkDetail(m.checker, err)
 		m.mu.Lock()

@@ -58,6 +58,7 @@ type Daemon struct {
 	started  time.Time
 	nudger   *control.RawNudger
 	latency  sync.Map // backend addr string -> time.Duration
+	lastErr  sync.Map // backend addr string -> error of its last failed check
 	gcMu     sync.Mutex
 	lastGC   control.GCResult
 	shutdown chan struct{}
@@ -287,7 +288,16 @@ func (d *Daemon) onTransition(t control.Transition) {
 	if err != nil {
 		return
 	}
-	if err := d.bal.SetHealth(addr, t.Up); err != nil {
+	keep := false
+	if !t.Up {
+		if v, ok := d.lastErr.Load(t.Key); ok {
+			keep = control.IsNotReady(v.(error))
+		}
+	}
+	if keep {
+		d.log.Info("backend answers but is not ready: no new connections, established ones kept", "backend", t.Key)
+	}
+	if err := d.bal.SetHealth(addr, t.Up, keep); err != nil {
 		d.log.Error("apply health transition", "backend", t.Key, "err", err)
 	}
 }
@@ -306,10 +316,19 @@ func (c *observedChecker) Check(ctx context.Context, addr string) error {
 	mono := monotonicNow()
 	err := c.inner.Check(ctx, addr)
 	c.d.latency.Store(addr, time.Since(start))
+	ap, perr := netip.ParseAddrPort(addr)
+	if perr != nil {
+		return err
+	}
 	if err == nil {
-		if ap, perr := netip.ParseAddrPort(addr); perr == nil {
-			c.d.bal.ClearRefusedBefore(ap, mono)
-		}
+		c.d.bal.ClearRefusedBefore(ap, mono)
+		return nil
+	}
+	c.d.lastErr.Store(addr, err)
+	if !control.IsNotReady(err) && ctx.Err() == nil {
+		// A not-ready backend kept its connections; now it does not
+		// answer at all, so they go.
+		c.d.bal.PurgeFlows(ap)
 	}
 	return err
 }

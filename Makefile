@@ -1,0 +1,76 @@
+# xdplb — make help lists the targets.
+SHELL   := /bin/bash
+GO      ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
+CLANG   ?= clang-14
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/xdplb/xdplb/control/daemon.Version=$(VERSION)
+export PATH := $(dir $(GO)):$(PATH)
+
+# Debian packages the tests use (installed when missing, on Debian/Ubuntu).
+TEST_DEBS := clang-14 llvm-14 libbpf-dev linux-libc-dev iproute2 ethtool keepalived bpftool
+BENCH_DEBS := haproxy nginx-light nftables iperf3 gnuplot-nox
+
+.PHONY: help
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: generate
+generate: ## rebuild the BPF objects and Go bindings with the pinned clang (clang-14)
+	cd bpf && $(GO) generate ./...
+
+.PHONY: check-generate
+check-generate: deps ## prove the committed BPF objects match the C source
+	cd bpf && $(GO) generate ./...
+	git diff --exit-code -- bpf/ || { echo "committed bpf2go output differs from the C: run make generate and commit"; exit 1; }
+
+.PHONY: build
+build: ## build bin/xdplb and the test tools (bin/mockapi, bin/agent)
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/xdplb ./cmd/xdplb
+	$(GO) build -o bin/mockapi ./cmd/mockapi
+	$(GO) build -o bin/agent ./cmd/agent
+
+.PHONY: deps
+deps: ## install what the tests need (Debian/Ubuntu, as root)
+	@missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "missing packages:$$missing (run as root)"; exit 1; fi; \
+		echo "installing$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+
+.PHONY: root
+root:
+	@if [ "$$(id -u)" != 0 ]; then echo "make test needs root (BPF, network namespaces): run sudo make test"; exit 1; fi
+
+.PHONY: lint
+lint: ## gofmt, go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+.PHONY: test
+test: root deps lint check-generate ## unit, packet, loader and end-to-end tests, then the kernel matrix (as root)
+	$(GO) test -count=1 -timeout 10m ./bpf/... ./loader/... ./control/... ./cmd/... ./tests/testnet/... ./tests/apiserver/... ./tests/agent/...
+	$(GO) test -count=1 -timeout 15m -v ./tests/e2e/ 2>&1 | tee /tmp/xdplb-e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|REPORT)|e2e_|\.go:[0-9]+:' ; test $${PIPESTATUS[0]} -eq 0
+	$(MAKE) vm-test
+
+.PHONY: test-unit
+test-unit: ## tests that need no root
+	$(GO) test -count=1 ./control/... ./cmd/...
+
+.PHONY: fuzz
+fuzz: root ## fuzz the data path for 60 s
+	cd bpf && $(GO) test -run XXX -fuzz FuzzXDP -fuzztime 60s .
+
+.PHONY: bench
+bench: root deps ## benchmarks: packet-level ns/packet, and the load balancers side by side
+	$(GO) test -run XXX -bench DataPath -benchtime 20x -count 5 ./bpf/ | tee bench/results/datapath.txt
+
+.PHONY: demo
+demo: root build ## a live demo in network namespaces: three mock API servers behind xdplb
+	$(GO) run ./tests/demo
+
+.PHONY: vm-test
+vm-test: root ## the kernel matrix: packet and e2e smoke tests in qemu on other kernels
+	bash tests/vm/matrix.sh
+
+.PHONY: clean
+clean: ## remove build output
+	rm -rf bin
