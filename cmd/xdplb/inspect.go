@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -236,6 +237,8 @@ func cmdDetach(e env, args []string) error {
 			return err
 		}
 		printf(e.stdout, "stopped the daemon of instance %s\n", c.instance)
+	} else {
+		os.Remove(daemon.SocketPath(c.instance)) // left by a crashed daemon
 	}
 	if err := loader.Detach(c.bpffs, c.instance); err != nil {
 		return err

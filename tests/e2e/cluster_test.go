@@ -76,7 +76,8 @@ func build(t *testing.T) {
 		}
 		bins.pki = filepath.Join(dir, "pki")
 		out, err := exec.Command(bins.mockapi, "--gen-pki", bins.pki, "--san", testnet.VIP,
-			"--san", testnet.LBAddr(1).String(), "--san", testnet.LBAddr(2).String()).CombinedOutput()
+			"--san", testnet.LBAddr(1).String(), "--san", testnet.LBAddr(2).String(),
+			"--san", testnet.ServerAddr(1).String(), "--san", testnet.ServerAddr(2).String(), "--san", testnet.ServerAddr(3).String()).CombinedOutput()
 		if err != nil {
 			bins.err = fmt.Errorf("gen pki: %v: %s", err, out)
 		}
