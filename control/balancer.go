@@ -365,7 +365,8 @@ func (b *Balancer) ClearRefusedBefore(addr netip.AddrPort, t uint64) error {
 // GCResult summarises one pass over the flow tables.
 type GCResult struct {
 	Expired, Orphaned int
-	// Connections per backend, counted by their client->backend entries.
+	// Established connections per backend (closing ones not counted),
+	// by their client->backend entries.
 	Connections map[uint32]int
 	HalfOpen    map[uint32]int
 	Entries     map[FlowTable]int
@@ -399,9 +400,10 @@ func (b *Balancer) GC() (GCResult, error) {
 		default:
 			res.Entries[t]++
 			if f.Dir == uint8(bpf.FlowToBackend) {
-				if t == TableHalfOpen {
+				switch {
+				case t == TableHalfOpen:
 					res.HalfOpen[f.Backend]++
-				} else {
+				case f.State == uint8(bpf.FlowEstablished):
 					res.Connections[f.Backend]++
 				}
 			}
