@@ -49,6 +49,7 @@ lint: ## gofmt, go vet
 test: root deps lint check-generate ## unit, packet, loader and end-to-end tests, then the kernel matrix (as root)
 	$(GO) test -count=1 -timeout 10m ./bpf/... ./loader/... ./control/... ./cmd/... ./tests/testnet/... ./tests/apiserver/... ./tests/agent/...
 	$(GO) test -count=1 -timeout 15m -v ./tests/e2e/ 2>&1 | tee /tmp/xdplb-e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|REPORT)|e2e_|\.go:[0-9]+:' ; test $${PIPESTATUS[0]} -eq 0
+	$(MAKE) vagrant-check
 	$(MAKE) vm-test
 
 .PHONY: test-unit
@@ -67,9 +68,37 @@ bench: root deps ## benchmarks: packet-level ns/packet, and the load balancers s
 demo: root build ## a live demo in network namespaces: three mock API servers behind xdplb
 	$(GO) run ./tests/demo
 
+VM_KERNELS ?= host,bullseye,bookworm
+VM_TESTS ?= 'cd bpf && ../bin/vm/bpf.test -test.count=1 -test.short' \
+	'cd loader && ../bin/vm/loader.test -test.count=1' \
+	'bin/vm/smoke.test -test.v -test.count=1' \
+	'cd tests/e2e && XDPLB_E2E_BIN=$(CURDIR)/bin/vm ../../bin/vm/e2e.test -test.count=1 -test.v -test.run "$(VM_E2E)"'
+VM_E2E ?= TestBalance$$|TestServerProcessDies|TestRestartKeepsStreams
+
+.PHONY: vm-deps
+vm-deps: ## install qemu, busybox-static, kmod, xz-utils, zstd for the kernel matrix (root, Debian 12)
+	tests/vm/deps.sh
+
 .PHONY: vm-test
-vm-test: root ## the kernel matrix: packet and e2e smoke tests in qemu on other kernels
-	bash tests/vm/matrix.sh
+vm-test: root vm-deps ## the kernel matrix: packet, loader and e2e smoke tests on the host kernel and Debian 5.10/6.1 in qemu
+	rm -rf bin/vm && mkdir -p bin/vm
+	$(GO) test -c -o bin/vm/ ./bpf ./loader ./tests/vm/smoke ./tests/e2e
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/vm/xdplb ./cmd/xdplb
+	$(GO) build -ldflags "$(LDFLAGS)-upgraded" -o bin/vm/xdplb-upgraded ./cmd/xdplb
+	$(GO) build -o bin/vm/mockapi ./cmd/mockapi
+	tests/vm/matrix.sh -kernels $(VM_KERNELS) -timeout 12m -test-timeout 8m -- $(VM_TESTS)
+
+.PHONY: vm-smoke
+vm-smoke: root vm-deps ## boot each kernel once with a trivial command (uname, bpffs, veth)
+	for k in bullseye bookworm; do tests/vm/run-kernel.sh -timeout 3m $$k -- 'uname -r; stat -f -c %T /sys/fs/bpf; ip link add v0 type veth peer name v1 && ip link show v0' || exit 1; done
+
+.PHONY: vagrant-check
+vagrant-check: ## shellcheck vagrant/ and tests/vm/ scripts, ruby -c and vagrant validate (offline)
+	vagrant/check.sh
+
+.PHONY: vagrant-e2e
+vagrant-e2e: ## end-to-end test on the Vagrant cluster of the guide (make build && vagrant up first)
+	vagrant/e2e.sh
 
 .PHONY: clean
 clean: ## remove build output

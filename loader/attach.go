@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -456,10 +457,15 @@ func Detach(bpffs, instance string) error {
 		if err != nil {
 			continue
 		}
+		// Detach explicitly: the pin's reference is dropped after an RCU
+		// grace period, so closing alone may leave it attached a while.
+		if err := l.Detach(); err != nil && !errors.Is(err, ebpf.ErrNotSupported) {
+			errs = append(errs, fmt.Errorf("detach link: %w", err))
+		}
 		if err := l.Unpin(); err != nil {
 			errs = append(errs, err)
 		}
-		l.Close() // last reference: the kernel detaches it
+		l.Close()
 	}
 	if id, _ := pinnedProgID(filepath.Join(dir, pinProgXDP)); id != 0 {
 		links, _ := netlink.LinkList()
@@ -469,7 +475,7 @@ func Detach(bpffs, instance string) error {
 				if x.AttachMode == xdpAttachedSKB {
 					flags = xdpFlagsSKBMode
 				}
-				if err := netlink.LinkSetXdpFdWithFlags(l, -1, flags); err != nil {
+				if err := detachXDPNetlink(l, id, flags); err != nil {
 					errs = append(errs, fmt.Errorf("detach xdp from %s: %w", l.Attrs().Name, err))
 				}
 			}
@@ -488,4 +494,25 @@ func Detach(bpffs, instance string) error {
 	}
 	os.Remove(filepath.Dir(dir)) // the xdplb/ directory, if now empty
 	return errors.Join(errs...)
+}
+
+// detachXDPNetlink removes program id from l. EBUSY means a bpf_link holds
+// it, one that is going away (its last reference is dropped after an RCU
+// grace period): wait for that rather than fail.
+func detachXDPNetlink(l netlink.Link, id ebpf.ProgramID, flags int) error {
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		err := netlink.LinkSetXdpFdWithFlags(l, -1, flags)
+		if err == nil || !errors.Is(err, unix.EBUSY) {
+			return err
+		}
+		cur, lerr := netlink.LinkByIndex(l.Attrs().Index)
+		if lerr == nil && (cur.Attrs().Xdp == nil || !cur.Attrs().Xdp.Attached || ebpf.ProgramID(cur.Attrs().Xdp.ProgId) != id) {
+			return nil // the link went, and took the program with it
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

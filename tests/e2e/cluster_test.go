@@ -65,11 +65,20 @@ func build(t *testing.T) {
 		bins.xdplb = filepath.Join(dir, "xdplb")
 		bins.xdplb2 = filepath.Join(dir, "xdplb-upgraded")
 		bins.mockapi = filepath.Join(dir, "mockapi")
+		// Prebuilt binaries (the VM matrix: no compiler run in a guest).
+		if pre := os.Getenv("XDPLB_E2E_BIN"); pre != "" {
+			bins.xdplb = filepath.Join(pre, "xdplb")
+			bins.xdplb2 = filepath.Join(pre, "xdplb-upgraded")
+			bins.mockapi = filepath.Join(pre, "mockapi")
+		}
 		for _, b := range []struct{ out, pkg, ld string }{
 			{bins.xdplb, "./cmd/xdplb", "-X github.com/xdplb/xdplb/control/daemon.Version=e2e-1"},
 			{bins.xdplb2, "./cmd/xdplb", "-X github.com/xdplb/xdplb/control/daemon.Version=e2e-2-upgraded"},
 			{bins.mockapi, "./cmd/mockapi", ""},
 		} {
+			if os.Getenv("XDPLB_E2E_BIN") != "" {
+				break
+			}
 			if bins.err = goBuild(b.out, b.pkg, b.ld); bins.err != nil {
 				return
 			}
@@ -107,6 +116,7 @@ type cluster struct {
 	bpffs   map[*testnet.Host]string
 	hook    hookCase
 	extra   []string // more xdplb run flags
+	echo    bool
 	front   netip.Addr
 	clients []*agent.Client // one per agent host
 }
@@ -116,6 +126,12 @@ type clusterOpts struct {
 	frontend netip.Addr // default: the VIP, added to lb-1
 	noVIP    bool
 	extra    []string
+	// echo runs the servers as plain TCP echo sinks on :6443 instead of
+	// the TLS API (bulk data tests; use --check tcp).
+	echo bool
+	// offloads keeps TX checksum offload and TSO on every host: the
+	// kernel's senders then hand over partial checksums and GSO packets.
+	offloads bool
 }
 
 func newCluster(t *testing.T, o clusterOpts) *cluster {
@@ -126,7 +142,7 @@ func newCluster(t *testing.T, o clusterOpts) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{t: t, topo: topo, hook: o.hook, extra: o.extra, front: o.frontend,
+	c := &cluster{t: t, topo: topo, hook: o.hook, extra: o.extra, front: o.frontend, echo: o.echo,
 		lbProcs: map[*testnet.Host]*testnet.Process{}, bpffs: map[*testnet.Host]string{}}
 	if !c.front.IsValid() {
 		c.front = testnet.VIPAddr()
@@ -134,6 +150,16 @@ func newCluster(t *testing.T, o clusterOpts) *cluster {
 	if !o.noVIP && c.front == testnet.VIPAddr() {
 		if err := topo.LBs[0].AddAddr(testnet.VIP + "/24"); err != nil {
 			t.Fatal(err)
+		}
+	}
+	if o.offloads {
+		for _, h := range topo.Hosts() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			out, err := h.Exec(ctx, "ethtool", "-K", "eth1", "tx", "on", "tso", "on", "gso", "on")
+			cancel()
+			if err != nil {
+				t.Fatalf("ethtool on %s: %v %s", h.Name, err, out)
+			}
 		}
 	}
 	for i := range topo.Servers {
@@ -168,8 +194,12 @@ func (c *cluster) url() string { return fmt.Sprintf("https://%s:6443", c.front) 
 func (c *cluster) startServer(i int) {
 	c.t.Helper()
 	h := c.topo.Servers[i]
-	p, err := h.Start(bins.mockapi, "--name", h.Name, "--listen", ":6443",
-		"--cert", filepath.Join(bins.pki, "server.crt"), "--key", filepath.Join(bins.pki, "server.key"), "--public-readyz")
+	args := []string{"--name", h.Name, "--listen", ":6443",
+		"--cert", filepath.Join(bins.pki, "server.crt"), "--key", filepath.Join(bins.pki, "server.key"), "--public-readyz"}
+	if c.echo {
+		args = []string{"--name", h.Name, "--listen", "", "--echo-listen", ":6443"}
+	}
+	p, err := h.Start(bins.mockapi, args...)
 	if err != nil {
 		c.t.Fatal(err)
 	}

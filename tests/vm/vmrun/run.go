@@ -1,0 +1,166 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+)
+
+// multiFlag collects repeated -e KEY=VAL flags.
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+
+// vmFlags are the flags run and matrix share.
+type vmFlags struct {
+	mem, smp int
+	accel    string
+	envs     multiFlag
+}
+
+func (f *vmFlags) register(fs *flag.FlagSet) {
+	fs.IntVar(&f.mem, "mem", 1024, "guest memory in MiB")
+	fs.IntVar(&f.smp, "smp", min(2, runtime.NumCPU()), "guest CPUs")
+	fs.StringVar(&f.accel, "accel", "auto", "auto, kvm or tcg (auto picks KVM only if it really runs a guest)")
+	fs.Var(&f.envs, "e", "KEY=VAL to export in the guest (repeatable)")
+}
+
+func (f *vmFlags) envMap() (map[string]string, error) {
+	m := map[string]string{}
+	for _, kv := range f.envs {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" || strings.ContainsAny(k, " \t'\"$=;") {
+			return nil, fmt.Errorf("-e %q: want KEY=VAL", kv)
+		}
+		m[k] = v
+	}
+	return m, nil
+}
+
+// splitDashDash splits args at the first "--".
+func splitDashDash(args []string) (before, after []string, ok bool) {
+	for i, a := range args {
+		if a == "--" {
+			return args[:i], args[i+1:], true
+		}
+	}
+	return args, nil, false
+}
+
+func cmdRun(ctx context.Context, e *env, args []string) error {
+	before, command, ok := splitDashDash(args)
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	var vf vmFlags
+	vf.register(fs)
+	timeout := fs.Duration("timeout", 10*time.Minute, "bound on boot plus command")
+	logPath := fs.String("log", "", "console log file (default: under $XDPLB_VM_CACHE/logs)")
+	verbose := fs.Bool("v", false, "also print the boot messages")
+	refresh := fs.Bool("refresh", false, "look for a newer kernel in the archive first")
+	if err := fs.Parse(before); err != nil {
+		return &exitError{code: exitUsage}
+	}
+	if !ok || len(command) == 0 || fs.NArg() != 1 {
+		return &exitError{code: exitUsage, err: errors.New("usage: vmrun run [flags] KERNEL -- COMMAND...")}
+	}
+	vars, err := vf.envMap()
+	if err != nil {
+		return &exitError{code: exitUsage, err: err}
+	}
+	c := &cache{env: e}
+	k, err := c.resolve(ctx, fs.Arg(0), *refresh)
+	if err != nil {
+		return err
+	}
+	accel, why, err := chooseAccel(vf.accel)
+	if err != nil {
+		return err
+	}
+	cwd, _ := os.Getwd()
+	if *logPath == "" {
+		*logPath = c.logFile("run", k.Release)
+	}
+	e.logf("booting %s with %s (%s), log %s", k, accel, why, *logPath)
+	blanks := 0
+	res, err := bootAuto(ctx, &bootSpec{
+		kernel: k, script: commandScript(command), env: vars, cwd: cwd,
+		timeout: *timeout, memMB: vf.mem, smp: vf.smp, accel: accel, logPath: *logPath,
+		onLine: func(line string, running bool) {
+			// Blank lines are held back until more output follows, so the
+			// one the guest prints before the exit marker does not show.
+			switch {
+			case !running && !*verbose:
+			case strings.TrimSpace(line) == "":
+				blanks++
+			default:
+				for ; blanks > 0; blanks-- {
+					fmt.Fprintln(e.stdout)
+				}
+				fmt.Fprintln(e.stdout, line)
+			}
+		},
+	}, vf.accel == "auto" && os.Getenv("XDPLB_VM_ACCEL") == "", e.logf)
+	if err != nil {
+		if res != nil {
+			printTail(e.stderr, res, *logPath)
+		}
+		code := exitInfra
+		if ctx.Err() != nil {
+			code = 130
+		}
+		return &exitError{code: code, err: fmt.Errorf("%s: %w", k.Release, err)}
+	}
+	summary := fmt.Sprintf("%s (%s): boot %.1fs, total %.1fs", k.Release, accel, res.boot.Seconds(), res.total.Seconds())
+	switch {
+	case res.timedOut:
+		printTail(e.stderr, res, *logPath)
+		return &exitError{code: exitTimeout, err: fmt.Errorf("%s: timed out after %s", summary, *timeout)}
+	case res.exitCode < 0:
+		printTail(e.stderr, res, *logPath)
+		return &exitError{code: exitInfra, err: fmt.Errorf("%s: the guest gave no exit code (crash? see the log)", summary)}
+	case res.exitCode != 0:
+		printTail(e.stderr, res, *logPath)
+		return &exitError{code: res.exitCode, err: fmt.Errorf("%s: command exited %d", summary, res.exitCode)}
+	}
+	e.logf("%s: command exited 0", summary)
+	return nil
+}
+
+func printTail(w io.Writer, res *bootResult, logPath string) {
+	fmt.Fprintf(w, "---- last lines of the guest console (%s) ----\n%s\n---- end ----\n", logPath, res.tail)
+}
+
+// logFile names a new console log and prunes old ones.
+func (c *cache) logFile(kind, name string) string {
+	dir := os.Getenv("XDPLB_VM_LOGDIR")
+	if dir == "" {
+		dir = c.path("logs")
+	}
+	os.MkdirAll(dir, 0o755) // an error shows when the log is created
+	if old, _ := filepath.Glob(filepath.Join(dir, "*.log")); len(old) > 100 {
+		sort.Strings(old)
+		for _, f := range old[:len(old)-100] {
+			os.Remove(f)
+		}
+	}
+	stamp := time.Now().UTC().Format("20060102T150405.000")
+	return filepath.Join(dir, fmt.Sprintf("%s-%s-%s.log", stamp, kind, name))
+}
+
+func cmdAccel(e *env, args []string) error {
+	accel, why, err := chooseAccel("auto")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "%s\t%s\n", accel, why)
+	return nil
+}
