@@ -73,7 +73,7 @@ VM_KERNELS ?= bullseye,bookworm
 VM_TESTS ?= 'cd bpf && ../bin/vm/bpf.test -test.count=1 -test.short' \
 	'cd loader && ../bin/vm/loader.test -test.count=1' \
 	'bin/vm/smoke.test -test.v -test.count=1' \
-	'cd tests/e2e && XDPLB_E2E_BIN=$(CURDIR)/bin/vm XDPLB_E2E_SLACK=3s XDPLB_E2E_INTER=1s ../../bin/vm/e2e.test -test.count=1 -test.v -test.run "$(VM_E2E)"'
+	'cd tests/e2e && XDPLB_E2E_BIN=$(CURDIR)/bin/vm XDPLB_E2E_SLACK=3s XDPLB_E2E_INTER=1s XDPLB_E2E_CHECK=tcp ../../bin/vm/e2e.test -test.count=1 -test.v -test.run "$(VM_E2E)"'
 VM_E2E ?= TestBalance$$|TestServerProcessDies|TestRestartKeepsStreams
 
 .PHONY: vm-deps
