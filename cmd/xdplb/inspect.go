@@ -177,7 +177,7 @@ func cmdFlows(e env, args []string) error {
 		return err
 	}
 	defer m.Close()
-	now := monotonic()
+	now := daemon.MonotonicNow()
 	var rows []flowRow
 	for _, tbl := range []struct {
 		half bool

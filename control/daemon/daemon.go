@@ -243,7 +243,7 @@ func (d *Daemon) startBalancer() error {
 	cfg := d.cfg
 	bal, err := control.NewBalancer(d.dp, control.BalancerOptions{
 		Frontend: d.data.Frontend, Backends: cfg.ResolvedBackends(), Timeouts: d.data,
-		Logger: d.log, Nudger: nudgeFunc(d.nudge), Now: monotonicNow,
+		Logger: d.log, Nudger: nudgeFunc(d.nudge), Now: MonotonicNow,
 	})
 	if err != nil {
 		return err
@@ -313,7 +313,7 @@ func (c *observedChecker) String() string { return fmt.Sprint(c.inner) }
 
 func (c *observedChecker) Check(ctx context.Context, addr string) error {
 	start := time.Now()
-	mono := monotonicNow()
+	mono := MonotonicNow()
 	err := c.inner.Check(ctx, addr)
 	c.d.latency.Store(addr, time.Since(start))
 	ap, perr := netip.ParseAddrPort(addr)
@@ -333,7 +333,9 @@ func (c *observedChecker) Check(ctx context.Context, addr string) error {
 	return err
 }
 
-func monotonicNow() uint64 {
+// MonotonicNow is the data path's clock: CLOCK_MONOTONIC in ns, which
+// both bpf_ktime_get_ns and bpf_ktime_get_coarse_ns read.
+func MonotonicNow() uint64 {
 	var ts unix.Timespec
 	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 	return uint64(ts.Nano())
@@ -342,17 +344,10 @@ func monotonicNow() uint64 {
 // refusedLoop turns the data path's refusal flags into immediate checks.
 func (d *Daemon) refusedLoop(ctx context.Context) {
 	seen := map[netip.AddrPort]uint64{}
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
+	every(ctx, 100*time.Millisecond, func() {
 		refused, err := d.bal.Refused()
 		if err != nil {
-			continue
+			return
 		}
 		for addr, ts := range refused {
 			if seen[addr] == ts {
@@ -362,6 +357,20 @@ func (d *Daemon) refusedLoop(ctx context.Context) {
 			d.log.Info("backend refused a connection (RST to SYN): skipped for new flows, checking now", "backend", addr.String())
 			d.mon.Hint(addr.String())
 		}
+	})
+}
+
+// every runs fn each interval until ctx ends.
+func every(ctx context.Context, interval time.Duration, fn func()) {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			fn()
+		}
 	}
 }
 
@@ -370,17 +379,8 @@ func (d *Daemon) gcLoop(ctx context.Context) {
 	if interval <= 0 {
 		interval = control.DefaultGCInterval
 	}
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
 	d.gc()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-			d.gc()
-		}
-	}
+	every(ctx, interval, func() { d.gc() })
 }
 
 func (d *Daemon) gc() control.GCResult {
@@ -397,18 +397,7 @@ func (d *Daemon) gc() control.GCResult {
 	return res
 }
 
-func (d *Daemon) resolveLoop(ctx context.Context) {
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-			d.resolveOnce()
-		}
-	}
-}
+func (d *Daemon) resolveLoop(ctx context.Context) { every(ctx, time.Second, d.resolveOnce) }
 
 // resolveOnce looks up, through netlink, the next hop of every backend:
 // the route's gateway or the backend itself, its MAC in the neighbour
