@@ -61,8 +61,14 @@ fuzz: root ## fuzz the data path for 60 s
 	cd bpf && $(GO) test -run XXX -fuzz FuzzXDP -fuzztime 60s .
 
 .PHONY: bench
-bench: root deps ## benchmarks: packet-level ns/packet, and the load balancers side by side
-	$(GO) test -run XXX -bench DataPath -benchtime 20x -count 5 ./bpf/ | tee bench/results/datapath.txt
+bench: root deps ## benchmarks: ns/packet and the load balancers side by side (~13 min; BENCHMARKS.md, bench/results/)
+	bash bench/deps.sh
+	$(GO) run ./bench/cmd/lbbench
+
+.PHONY: bench-quick
+bench-quick: root deps ## a 2-3 minute smoke run of the benchmarks (bench/results/quick/)
+	bash bench/deps.sh
+	$(GO) run ./bench/cmd/lbbench --quick
 
 .PHONY: demo
 demo: root build ## a live demo in network namespaces: three mock API servers behind xdplb
