@@ -47,6 +47,9 @@ const (
 	FlowToClient  = xdplbFlowDirFLOW_TO_CLIENT
 )
 
+// flowFlagSynAck marks a half-open flow its backend has answered (FLOW_F_SYNACK).
+const flowFlagSynAck = 0x01
+
 // BackendFlagMAC says Backend.Mac, Smac and Ifindex are resolved.
 const BackendFlagMAC = 0x01
 

@@ -300,6 +300,42 @@ static __always_inline int open_flow(void *ctx, const struct packet *p, const st
 	return STAT_FWD_NEW_FLOW;
 }
 
+/* The client's ACK of a SYN-ACK: the handshake is complete; move both
+ * entries (f, keyed k, and its twin) to the established table. */
+static __always_inline int complete_flow(struct flow *f, struct flow_key *k, __u64 now, struct flow *scratch,
+					 struct flow **apply)
+{
+	struct flow_key tk;
+	struct flow *rev;
+
+	twin_key(f, &tk);
+	rev = bpf_map_lookup_elem(&half_open, &tk);
+	if (!rev) {
+		/* The reply half was evicted: the client's ACK cannot be
+		 * answered; let the kernel reset it so it reconnects. */
+		bpf_map_delete_elem(&half_open, k);
+		return STAT_PASS_NO_FLOW;
+	}
+	__builtin_memcpy(scratch, rev, sizeof(*scratch));
+	scratch->state = FLOW_ESTABLISHED;
+	scratch->flags = 0;
+	scratch->last_seen_ns = now;
+	if (bpf_map_update_elem(&flows, &tk, scratch, BPF_ANY))
+		return STAT_DROP_FLOW_INSERT;
+	__builtin_memcpy(scratch, f, sizeof(*scratch));
+	scratch->state = FLOW_ESTABLISHED;
+	scratch->flags = 0;
+	scratch->last_seen_ns = now;
+	if (bpf_map_update_elem(&flows, k, scratch, BPF_ANY)) {
+		bpf_map_delete_elem(&flows, &tk);
+		return STAT_DROP_FLOW_INSERT;
+	}
+	bpf_map_delete_elem(&half_open, &tk);
+	bpf_map_delete_elem(&half_open, k);
+	*apply = scratch;
+	return STAT_FWD_TO_BACKEND;
+}
+
 static __always_inline int is_pure_syn(__u8 flags)
 {
 	return (flags & (TH_SYN | TH_ACK | TH_RST)) == TH_SYN;
@@ -333,6 +369,8 @@ static __always_inline int client_packet(void *ctx, struct packet *p, struct flo
 
 	f = lookup_live(&half_open, k, now);
 	if (f) {
+		if ((f->flags & FLOW_F_SYNACK) && (p->tcp_flags & (TH_SYN | TH_ACK | TH_RST)) == TH_ACK)
+			return complete_flow(f, k, now, scratch, apply);
 		/* SYN retransmission (or the client giving up with RST):
 		 * same backend, same SNAT port. */
 		touch(f, now);
@@ -390,8 +428,9 @@ static __always_inline int backend_packet(struct packet *p, struct flow_key *k, 
 		return STAT_FWD_TO_CLIENT;
 	}
 
-	/* SYN-ACK: the connection is up; move both entries to the
-	 * established table, out of reach of SYN floods. */
+	/* SYN-ACK: remember that the backend answered; the client's ACK
+	 * moves the connection to the established table. */
+	f->flags |= FLOW_F_SYNACK;
 	fwd = bpf_map_lookup_elem(&half_open, &ck);
 	if (!fwd) {
 		/* The client's half was evicted (SYN flood): let the kernel
@@ -399,21 +438,9 @@ static __always_inline int backend_packet(struct packet *p, struct flow_key *k, 
 		bpf_map_delete_elem(&half_open, k);
 		return STAT_PASS_REPLY_NO_FLOW;
 	}
-	__builtin_memcpy(scratch, fwd, sizeof(*scratch));
-	scratch->state = FLOW_ESTABLISHED;
-	scratch->last_seen_ns = now;
-	if (bpf_map_update_elem(&flows, &ck, scratch, BPF_ANY))
-		return STAT_DROP_FLOW_INSERT;
-	__builtin_memcpy(scratch, f, sizeof(*scratch));
-	scratch->state = FLOW_ESTABLISHED;
-	scratch->last_seen_ns = now;
-	if (bpf_map_update_elem(&flows, k, scratch, BPF_ANY)) {
-		bpf_map_delete_elem(&flows, &ck);
-		return STAT_DROP_FLOW_INSERT;
-	}
-	bpf_map_delete_elem(&half_open, &ck);
-	bpf_map_delete_elem(&half_open, k);
-	*apply = scratch;
+	fwd->flags |= FLOW_F_SYNACK;
+	touch(f, now);
+	*apply = f;
 	return STAT_FWD_TO_CLIENT;
 }
 

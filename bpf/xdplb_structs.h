@@ -81,8 +81,15 @@ struct flow {
 	__u8 smac[6];   /* ours on ifindex (used only when redirecting) */
 	__u8 state;     /* enum flow_state */
 	__u8 dir;       /* enum flow_dir */
-	__u8 pad[2];
+	__u8 flags;     /* FLOW_F_* */
+	__u8 pad;
 };
+
+/* A half-open flow whose backend has answered the SYN: the client's ACK
+ * will complete it. Until then it stays out of the established table, so a
+ * SYN flood of spoofed sources (which never ACK) cannot fill that table
+ * even when the backends answer every SYN. */
+#define FLOW_F_SYNACK 0x01
 
 #define BACKEND_F_MAC 0x01 /* mac/smac/ifindex are resolved */
 

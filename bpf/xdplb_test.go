@@ -108,6 +108,19 @@ func TestConnectionLifecycle(t *testing.T) {
 						map[Stat]uint64{StatToBackend: 1}, nil},
 					{"syn-ack", backendToLB(fSYN|fACK, 5000, 1001, nil), lbToClient(backendToLB(fSYN|fACK, 5000, 1001, nil)),
 						map[Stat]uint64{StatToClient: 1}, func(t *testing.T) {
+							// The backend answered; the connection stays half-open
+							// until the client's ACK (a spoofed SYN never sends one).
+							for _, k := range []FlowKey{Key(agent1, frontend), Key(be.addr, snat)} {
+								if f, ok := h.flow(MapHalfOpen, k); !ok || f.Flags&flowFlagSynAck == 0 {
+									t.Fatalf("half-open %v after syn-ack: %+v ok=%v", k, f, ok)
+								}
+							}
+							if n := h.count(MapFlows); n != 0 {
+								t.Fatalf("flows has %d entries before the client's ACK", n)
+							}
+						}},
+					{"ack", clientToLB(fACK, 1001, 5001, nil), lbToBackend(clientToLB(fACK, 1001, 5001, nil)),
+						map[Stat]uint64{StatToBackend: 1}, func(t *testing.T) {
 							if n := h.count(MapHalfOpen); n != 0 {
 								t.Fatalf("half_open has %d entries after the handshake", n)
 							}
@@ -117,8 +130,6 @@ func TestConnectionLifecycle(t *testing.T) {
 								}
 							}
 						}},
-					{"ack", clientToLB(fACK, 1001, 5001, nil), lbToBackend(clientToLB(fACK, 1001, 5001, nil)),
-						map[Stat]uint64{StatToBackend: 1}, nil},
 					{"request", clientToLB(fACK|fPSH, 1001, 5001, []byte("GET /whoami HTTP/1.1\r\n\r\n")),
 						lbToBackend(clientToLB(fACK|fPSH, 1001, 5001, []byte("GET /whoami HTTP/1.1\r\n\r\n"))),
 						map[Stat]uint64{StatToBackend: 1}, nil},
@@ -145,6 +156,8 @@ func TestConnectionLifecycle(t *testing.T) {
 						}},
 					{"syn-ack 2", backendToLB(fSYN|fACK, 7000, 9001, nil), lbToClient(backendToLB(fSYN|fACK, 7000, 9001, nil)),
 						map[Stat]uint64{StatToClient: 1}, nil},
+					{"ack 2", clientToLB(fACK, 9001, 7001, nil), lbToBackend(clientToLB(fACK, 9001, 7001, nil)),
+						map[Stat]uint64{StatToBackend: 1}, nil},
 					{"client rst", clientToLB(fRST|fACK, 9001, 7001, nil), lbToBackend(clientToLB(fRST|fACK, 9001, 7001, nil)),
 						map[Stat]uint64{StatToBackend: 1}, func(t *testing.T) {
 							for _, k := range []FlowKey{Key(agent1, frontend), Key(be.addr, snat)} {
@@ -438,6 +451,10 @@ func establish(t *testing.T, h *harness, client netip.AddrPort) Flow {
 	if r := h.run(h.xdp, synack.bytes()); r.verdict != xdpTX {
 		t.Fatalf("syn-ack: verdict %d stats %v", r.verdict, named(r.stats))
 	}
+	ack := testPacket{srcMAC: agentMAC, dstMAC: lbMAC, src: client, dst: frontend, flags: fACK, seq: 2, ack: 2}
+	if r := h.run(h.xdp, ack.bytes()); r.verdict != xdpTX {
+		t.Fatalf("ack: verdict %d stats %v", r.verdict, named(r.stats))
+	}
 	f, ok = h.flow(MapFlows, Key(client, frontend))
 	if !ok || f.State != uint8(FlowEstablished) {
 		t.Fatalf("not established: %+v", f)
@@ -470,6 +487,15 @@ func TestSYNFloodSparesEstablished(t *testing.T) {
 		if r := h.run(h.xdp, p.bytes()); r.verdict != xdpTX {
 			t.Fatalf("flood syn %d: verdict %d %v", i, r.verdict, named(r.stats))
 		}
+		// The backends answer every spoofed SYN; the spoofed clients
+		// never ACK, so nothing may reach the established table.
+		if f, ok := h.flow(MapHalfOpen, Key(src, frontend)); ok {
+			synack := testPacket{srcMAC: mac(0x50), dstMAC: lbMAC, src: f.Dst(), dst: f.Src(), flags: fSYN | fACK}
+			h.run(h.xdp, synack.bytes())
+		}
+	}
+	if n := h.count(MapFlows); n != 2 {
+		t.Fatalf("flows holds %d entries after a flood answered by the backends, want the 2 of the real connection", n)
 	}
 	if n := h.count(MapHalfOpen); n > 256 {
 		t.Fatalf("half_open holds %d > 256", n)

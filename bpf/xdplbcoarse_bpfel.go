@@ -47,7 +47,8 @@ type xdplbCoarseFlow struct {
 	Smac       [6]uint8
 	State      uint8
 	Dir        uint8
-	Pad        [2]uint8
+	Flags      uint8
+	Pad        uint8
 	_          [4]byte
 }
 
