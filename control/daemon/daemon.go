@@ -45,24 +45,26 @@ type Options struct {
 
 // Daemon is a running instance.
 type Daemon struct {
-	cfg      control.Config
-	log      *slog.Logger
-	inst     *loader.Instance
-	dp       loader.Datapath
-	bal      *control.Balancer
-	mon      *control.Monitor
-	data     bpf.Config
-	snat     control.PortRange
-	local    bool // the frontend is the node's own address
-	source   netip.Addr
-	started  time.Time
-	nudger   *control.RawNudger
-	latency  sync.Map // backend addr string -> time.Duration
-	lastErr  sync.Map // backend addr string -> error of its last failed check
-	gcMu     sync.Mutex
-	lastGC   control.GCResult
-	shutdown chan struct{}
-	stopOnce sync.Once
+	cfg     control.Config
+	log     *slog.Logger
+	inst    *loader.Instance
+	dp      loader.Datapath
+	bal     *control.Balancer
+	mon     *control.Monitor
+	data    bpf.Config
+	snat    control.PortRange
+	local   bool // the frontend is the node's own address
+	source  netip.Addr
+	started time.Time
+	nudger  *control.RawNudger
+	latency sync.Map // backend addr string -> time.Duration
+	// hardStreak counts, per backend, checks in a row that got no answer
+	// (not counting "not ready" answers): backend addr string -> int.
+	hardStreak sync.Map
+	gcMu       sync.Mutex
+	lastGC     control.GCResult
+	shutdown   chan struct{}
+	stopOnce   sync.Once
 }
 
 // Run starts the instance and serves until ctx ends or a shutdown command
@@ -288,12 +290,10 @@ func (d *Daemon) onTransition(t control.Transition) {
 	if err != nil {
 		return
 	}
-	keep := false
-	if !t.Up {
-		if v, ok := d.lastErr.Load(t.Key); ok {
-			keep = control.IsNotReady(v.(error))
-		}
-	}
+	// Keep the connections of a backend that answered "not ready" in at
+	// least one of the failures that took it down: only fall checks in a
+	// row that got no answer at all mean its connections are dead.
+	keep := !t.Up && d.hardFailures(t.Key) < d.cfg.HealthParams().Fall
 	if keep {
 		d.log.Info("backend answers but is not ready: no new connections, established ones kept", "backend", t.Key)
 	}
@@ -321,14 +321,24 @@ func (c *observedChecker) Check(ctx context.Context, addr string) error {
 		return err
 	}
 	if err == nil {
+		c.d.hardStreak.Store(addr, 0)
 		c.d.bal.ClearRefusedBefore(ap, mono)
 		return nil
 	}
-	c.d.lastErr.Store(addr, err)
-	if !control.IsNotReady(err) && ctx.Err() == nil {
-		// A not-ready backend kept its connections; now it does not
-		// answer at all, so they go.
-		c.d.bal.PurgeFlows(ap)
+	if control.IsNotReady(err) {
+		c.d.hardStreak.Store(addr, 0)
+		return err
+	}
+	// A timeout counts (the check's own deadline); a cancel is the
+	// monitor stopping, which says nothing of the backend.
+	if !errors.Is(ctx.Err(), context.Canceled) {
+		n := c.d.hardFailures(addr) + 1
+		c.d.hardStreak.Store(addr, n)
+		if n >= c.d.cfg.HealthParams().Fall {
+			// A not-ready backend kept its connections; now it has
+			// not answered at all fall times in a row, so they go.
+			c.d.bal.PurgeFlows(ap)
+		}
 	}
 	return err
 }
@@ -483,6 +493,13 @@ func (d *Daemon) kickNeighbours() {
 			return
 		}
 	}
+}
+
+func (d *Daemon) hardFailures(addr string) int {
+	if v, ok := d.hardStreak.Load(addr); ok {
+		return v.(int)
+	}
+	return 0
 }
 
 func (d *Daemon) stop() { d.stopOnce.Do(func() { close(d.shutdown) }) }
