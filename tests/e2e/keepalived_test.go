@@ -145,6 +145,24 @@ func TestKeepalivedFailover(t *testing.T) {
 			startKeepalived(t, c, lb1, true)
 			startKeepalived(t, c, lb2, false)
 			waitVIP(t, c, lb1, 15*time.Second)
+			// The first election may hand the VIP to lb-2 for a moment;
+			// wait until the agents' and servers' ARP caches follow lb-1
+			// (five answers in a row) before measuring anything.
+			settled := 0
+			for deadline := time.Now().Add(15 * time.Second); settled < 5; {
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				_, err := c.clients[settled%len(c.clients)].Whoami(ctx, c.url())
+				cancel()
+				if err != nil {
+					settled = 0
+					if time.Now().After(deadline) {
+						t.Fatalf("connections through the VIP do not settle after the election: %v", err)
+					}
+					time.Sleep(100 * time.Millisecond)
+					continue
+				}
+				settled++
+			}
 			if r := c.balance(30); r.Failures > 0 {
 				t.Fatalf("through lb-1: %v", r)
 			}
