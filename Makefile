@@ -8,7 +8,6 @@ export PATH := $(dir $(GO)):$(PATH)
 
 # Debian packages the tests use (installed when missing, on Debian/Ubuntu).
 TEST_DEBS := clang-14 llvm-14 libbpf-dev linux-libc-dev iproute2 ethtool keepalived bpftool
-BENCH_DEBS := haproxy nginx-light nftables iperf3 gnuplot-nox
 
 .PHONY: help
 help: ## list the targets
@@ -61,12 +60,12 @@ fuzz: root ## fuzz the data path for 60 s
 	cd bpf && $(GO) test -run XXX -fuzz FuzzXDP -fuzztime 60s .
 
 .PHONY: bench
-bench: root deps ## benchmarks: ns/packet and the load balancers side by side (~13 min; BENCHMARKS.md, bench/results/)
+bench: root deps ## benchmarks: ns/packet and the load balancers side by side (~14 min; BENCHMARKS.md, bench/results/)
 	bash bench/deps.sh
 	$(GO) run ./bench/cmd/lbbench
 
 .PHONY: bench-quick
-bench-quick: root deps ## a 2-3 minute smoke run of the benchmarks (bench/results/quick/)
+bench-quick: root deps ## a ~3 minute smoke run of the benchmarks (bench/results/quick/)
 	bash bench/deps.sh
 	$(GO) run ./bench/cmd/lbbench --quick
 

@@ -32,8 +32,8 @@ var (
 		"nginx":       {130, 70, 170, 255},
 	}
 	lbShort = map[string]string{
-		"direct": "direct", "router": "router", "xdp-native": "xdp-nat", "xdp-generic": "xdp-gen", "tc": "tc",
-		"nftables": "nft", "haproxy": "haproxy", "nginx": "nginx",
+		"direct": "direct", "router": "router", "xdp-native": "xdpnat", "xdp-generic": "xdpgen", "tc": "tc",
+		"nftables": "nft", "haproxy": "haprox", "nginx": "nginx",
 	}
 )
 

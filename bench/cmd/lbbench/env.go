@@ -84,6 +84,19 @@ func newEnv(b bins, tmp string, logf func(string, ...any)) (_ *env, err error) {
 	if err := e.flood.DisableTxOffload(); err != nil {
 		return nil, err
 	}
+	// The bridge stands for a switch: keep netfilter (br_netfilter, on by
+	// default in every namespace when built in) off the bridged packets.
+	if err := topo.SwitchDo(func() error {
+		for _, k := range []string{"bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables"} {
+			err := os.WriteFile("/proc/sys/net/bridge/"+k, []byte("0"), 0o644)
+			if err != nil && !os.IsNotExist(err) {
+				return fmt.Errorf("%s=0 in the switch namespace: %w", k, err)
+			}
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
 	if err := e.lb1.AddAddr(testnet.VIP + "/24"); err != nil {
 		return nil, err
 	}

@@ -209,7 +209,7 @@ func (r *Report) markdown(chart, results string) string {
 		b.WriteString("\n")
 	}
 
-	b.WriteString("<details><summary>Every repetition</summary>\n\n| rep | # | load balancer | conn/s | RR p50 µs | Gbit/s | CPU-s/GB | idle cores | flood OK % | loadavg | note |\n|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---|\n")
+	b.WriteString("<details><summary>Every repetition</summary>\n\n| rep | # | load balancer | conn/s | RR p50 µs | Gbit/s | CPU-s/GB | others' cores | idle cores before bulk | flood OK % | after flood OK % | note |\n|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	for i := range r.Samples {
 		s := &r.Samples[i]
 		f := func(key, format string) string {
@@ -234,11 +234,11 @@ func (r *Report) markdown(chart, results string) string {
 		if len(note) > 300 {
 			note = note[:300] + "..."
 		}
-		fmt.Fprintf(&b, "| %d | %d | %s | %s | %s | %s | %s | %s | %s | %.2f | %s |\n", s.Rep, s.Order, s.LB,
+		fmt.Fprintf(&b, "| %d | %d | %s | %s | %s | %s | %s | %.2f | %s | %s | %s | %s |\n", s.Rep, s.Order, s.LB,
 			f("conn_per_s", "%.0f"), f("rr_p50_us", "%.0f"), f("bulk_gbps", "%.2f"), f("cpu_s_per_gb", "%.2f"),
-			idle, f("flood_success_pct", "%.2f"), s.LoadAvg[0], note)
+			s.ForeignCores, idle, f("flood_success_pct", "%.2f"), f("after_flood_success_pct", "%.1f"), note)
 	}
-	b.WriteString("\n</details>\n\n")
+	fmt.Fprintf(&b, "\n*others' cores*: CPU used meanwhile by processes that are not this run's (its children and kernel threads excluded); above %.2f the sample is noisy and left out of the medians while two clean ones remain. Repetition %d holds make-up samples, taken at the end for load balancers left short of clean ones.\n\n</details>\n\n", r.Config.ForeignCores, r.Config.Reps+1)
 	if len(r.Errors) > 0 {
 		b.WriteString("Errors: " + strings.Join(r.Errors, "; ") + "\n\n")
 	}
