@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/xdplb/xdplb/bpf/packet"
 )
 
 // BenchmarkDataPath measures ns/packet inside the kernel (the duration
@@ -30,7 +32,7 @@ func BenchmarkDataPath(b *testing.B) {
 	}
 	defer floorColl.Close()
 	floor := floorColl.Programs["floor_macswap"]
-	ack := testPacket{srcMAC: agentMAC, dstMAC: lbMAC, src: agent1, dst: frontend, flags: fACK, seq: 2, payload: make([]byte, 64)}
+	ack := packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: agent1, Dst: frontend, Flags: packet.ACK, Seq: 2, Payload: make([]byte, 64)}
 
 	repeated := func(b *testing.B, prog *ebpf.Program, in []byte, want uint32) {
 		const repeat = 100000
@@ -68,24 +70,24 @@ func BenchmarkDataPath(b *testing.B) {
 	}
 	syn := func(i int) []byte {
 		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), uint16(1024+i%60000))
-		return testPacket{srcMAC: agentMAC, dstMAC: lbMAC, src: src, dst: frontend, flags: fSYN}.bytes()
+		return packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: src, Dst: frontend, Flags: packet.SYN}.Frame()
 	}
 
-	b.Run("floor-macswap", func(b *testing.B) { repeated(b, floor, ack.bytes(), xdpTX) })
+	b.Run("floor-macswap", func(b *testing.B) { repeated(b, floor, ack.Frame(), xdpTX) })
 	b.Run("xdp-established", func(b *testing.B) {
 		h := newHarness(b, Config{}, threeServers)
 		h.identityFlow(Key(agent1, frontend))
-		repeated(b, h.xdp, ack.bytes(), xdpTX)
+		repeated(b, h.xdp, ack.Frame(), xdpTX)
 	})
 	b.Run("tc-established", func(b *testing.B) {
 		h := newHarness(b, Config{}, threeServers)
 		h.identityFlow(Key(agent1, frontend))
-		repeated(b, h.tc, ack.bytes(), tcRedirect)
+		repeated(b, h.tc, ack.Frame(), tcRedirect)
 	})
 	b.Run("xdp-pass-other-port", func(b *testing.B) {
 		h := newHarness(b, Config{}, threeServers)
-		ssh := testPacket{srcMAC: agentMAC, dstMAC: lbMAC, src: agent1, dst: netip.AddrPortFrom(vip, 22), flags: fACK}
-		repeated(b, h.xdp, ssh.bytes(), xdpPass)
+		ssh := packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: agent1, Dst: netip.AddrPortFrom(vip, 22), Flags: packet.ACK}
+		repeated(b, h.xdp, ssh.Frame(), xdpPass)
 	})
 	b.Run("floor-macswap-single", func(b *testing.B) { single(b, floor, syn, xdpTX) })
 	// A connection's setup, as it happens: the client's SYN opens a flow
@@ -105,12 +107,12 @@ func BenchmarkDataPath(b *testing.B) {
 				}
 				synT += d
 				src := netip.AddrPortFrom(netip.AddrFrom4([4]byte(pkt[26:30])), uint16(pkt[34])<<8|uint16(pkt[35]))
-				f, ok := h.flow(MapHalfOpen, Key(src, frontend))
+				f, ok := h.flow(TableHalfOpen, Key(src, frontend))
 				if !ok {
 					b.Fatal("no half-open flow")
 				}
-				synack := testPacket{srcMAC: mac(0x50), dstMAC: lbMAC, src: f.Dst(), dst: f.Src(), flags: fSYN | fACK}
-				v, d, err = h.xdp.Benchmark(synack.bytes(), 1, nil)
+				synack := packet.TCP{SrcMAC: mac(0x50), DstMAC: lbMAC, Src: f.Dst(), Dst: f.Src(), Flags: packet.SYN | packet.ACK}
+				v, d, err = h.xdp.Benchmark(synack.Frame(), 1, nil)
 				if err != nil || v != xdpTX {
 					b.Fatalf("syn-ack: verdict %d err %v", v, err)
 				}
@@ -128,16 +130,16 @@ func BenchmarkDataPath(b *testing.B) {
 // clearFlows empties both flow tables.
 func (h *harness) clearFlows() {
 	h.t.Helper()
-	for _, m := range []string{MapFlows, MapHalfOpen} {
+	for _, t := range FlowTables {
 		var keys []FlowKey
 		var k FlowKey
 		var f Flow
-		it := h.coll.Maps[m].Iterate()
+		it := h.table(t).Iterate()
 		for it.Next(&k, &f) {
 			keys = append(keys, k)
 		}
 		for _, k := range keys {
-			h.coll.Maps[m].Delete(k)
+			h.table(t).Delete(k)
 		}
 	}
 }
@@ -151,7 +153,7 @@ func (h *harness) identityFlow(k FlowKey) {
 		Dmac: mac(0x50), State: uint8(FlowEstablished), Dir: uint8(FlowToBackend),
 		CreatedNs: 1, LastSeenNs: 1 << 62,
 	}
-	if err := h.coll.Maps[MapFlows].Put(k, f); err != nil {
+	if err := h.maps.Flows.Put(k, f); err != nil {
 		h.t.Fatal(err)
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"testing"
+
+	"github.com/xdplb/xdplb/bpf/packet"
 )
 
 // FuzzXDP: any bytes give a verdict in the allowed set, and any output that
@@ -12,13 +14,13 @@ import (
 // checksums exactly as right (or as wrong) as the input's.
 func FuzzXDP(f *testing.F) {
 	h := newHarness(f, Config{SNATLo: 20000, SNATHi: 20003}, threeServers)
-	syn := testPacket{srcMAC: agentMAC, dstMAC: lbMAC, src: agent1, dst: frontend, flags: fSYN}
-	f.Add(syn.bytes())
-	f.Add(testPacket{srcMAC: agentMAC, dstMAC: lbMAC, src: agent1, dst: frontend, flags: fACK, payload: []byte("x")}.bytes())
+	syn := packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: agent1, Dst: frontend, Flags: packet.SYN}
+	f.Add([]byte(syn.Frame()))
+	f.Add([]byte(packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: agent1, Dst: frontend, Flags: packet.ACK, Payload: []byte("x")}.Frame()))
 	for port := uint16(20000); port <= 20003; port++ {
 		for _, s := range threeServers {
-			f.Add(testPacket{srcMAC: s.mac, dstMAC: lbMAC, src: s.addr, dst: netip.AddrPortFrom(vip, port), flags: fSYN | fACK}.bytes())
-			f.Add(testPacket{srcMAC: s.mac, dstMAC: lbMAC, src: s.addr, dst: netip.AddrPortFrom(vip, port), flags: fRST}.bytes())
+			f.Add([]byte(packet.TCP{SrcMAC: s.mac, DstMAC: lbMAC, Src: s.addr, Dst: netip.AddrPortFrom(vip, port), Flags: packet.SYN | packet.ACK}.Frame()))
+			f.Add([]byte(packet.TCP{SrcMAC: s.mac, DstMAC: lbMAC, Src: s.addr, Dst: netip.AddrPortFrom(vip, port), Flags: packet.RST}.Frame()))
 		}
 	}
 	f.Add([]byte{})
@@ -32,7 +34,7 @@ func FuzzXDP(f *testing.F) {
 		if len(in) < 14 {
 			return // the kernel refuses such test runs
 		}
-		h := &harness{t: t, cfg: h.cfg, coll: h.coll, xdp: h.xdp, tc: h.tc}
+		h := &harness{t: t, cfg: h.cfg, maps: h.maps, xdp: h.xdp, tc: h.tc}
 		r, err := h.tryRun(h.xdp, in)
 		if err != nil {
 			t.Fatal(err)
@@ -48,11 +50,11 @@ func FuzzXDP(f *testing.F) {
 			}
 			return
 		}
-		inIP, inTCP, ok := csumResidual(in)
+		inIP, inTCP, ok := packet.Residuals(in)
 		if !ok {
 			t.Fatalf("forwarded a packet that is not TCP/IPv4: % x", in)
 		}
-		outIP, outTCP, ok := csumResidual(r.out)
+		outIP, outTCP, ok := packet.Residuals(r.out)
 		if !ok || len(r.out) != len(in) {
 			t.Fatalf("forwarded output is not a TCP/IPv4 packet of the same length: % x", r.out)
 		}
@@ -66,10 +68,10 @@ func FuzzXDP(f *testing.F) {
 		case src == frontend:
 			k := Key(src, dst)
 			k.Saddr, k.Daddr, k.Sport, k.Dport = k.Daddr, k.Saddr, k.Dport, k.Sport
-			_, est := h.flow(MapFlows, k)
-			_, half := h.flow(MapHalfOpen, k)
+			_, est := h.flow(TableEstablished, k)
+			_, half := h.flow(TableHalfOpen, k)
 			if !est && !half {
-				t.Fatalf("rewritten toward %v, which is not a tracked client\nin:  % x\nout: % x\nflows: %v\nhalf_open: %v", dst, in, r.out, h.dump(MapFlows), h.dump(MapHalfOpen))
+				t.Fatalf("rewritten toward %v, which is not a tracked client\nin:  % x\nout: % x\nflows: %v\nhalf_open: %v", dst, in, r.out, h.dump(TableEstablished), h.dump(TableHalfOpen))
 			}
 		default:
 			t.Fatalf("rewritten %v -> %v: neither toward a backend nor to a client", src, dst)

@@ -4,11 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"testing"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/rlimit"
+
+	"github.com/xdplb/xdplb/tests/testenv"
 )
 
 // XDP and TC verdicts as Program.Run returns them.
@@ -38,9 +39,7 @@ var (
 
 func requireRoot(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: loads BPF programs and runs them with BPF_PROG_TEST_RUN (make test runs as root)")
-	}
+	testenv.RequireRoot(t, "loads BPF programs and runs them with BPF_PROG_TEST_RUN")
 }
 
 type testBackend struct {
@@ -58,17 +57,19 @@ var threeServers = []testBackend{
 type harness struct {
 	t    testing.TB
 	cfg  Config
-	coll *ebpf.Collection
+	maps *Maps
 	xdp  *ebpf.Program
 	tc   *ebpf.Program
 }
 
-type harnessOpt func(spec *ebpf.CollectionSpec)
+type harnessOpt func(spec *MapSpecs)
 
 // withMapSize shrinks a map so tests can fill it.
-func withMapSize(name string, n uint32) harnessOpt {
-	return func(spec *ebpf.CollectionSpec) { spec.Maps[name].MaxEntries = n }
+func withMapSize(m func(*MapSpecs) *ebpf.MapSpec, n uint32) harnessOpt {
+	return func(spec *MapSpecs) { m(spec).MaxEntries = n }
 }
+
+func halfOpenSpec(s *MapSpecs) *ebpf.MapSpec { return s.HalfOpen }
 
 func newHarness(t testing.TB, cfg Config, backends []testBackend, opts ...harnessOpt) *harness {
 	t.Helper()
@@ -86,19 +87,23 @@ func newHarness(t testing.TB, cfg Config, backends []testBackend, opts ...harnes
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, o := range opts {
-		o(spec)
+	var specs MapSpecs
+	if err := spec.Assign(&specs); err != nil {
+		t.Fatal(err)
 	}
-	coll, err := ebpf.NewCollection(spec)
-	if err != nil {
+	for _, o := range opts {
+		o(&specs)
+	}
+	var objs xdplbObjects
+	if err := spec.LoadAndAssign(&objs, nil); err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			t.Fatalf("load: %+v", ve)
 		}
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { coll.Close() })
-	h := &harness{t: t, cfg: cfg, coll: coll, xdp: coll.Programs[ProgXDP], tc: coll.Programs[ProgTC]}
+	t.Cleanup(func() { objs.Close() })
+	h := &harness{t: t, cfg: cfg, maps: &objs.xdplbMaps, xdp: objs.XdplbXdp, tc: objs.XdplbTc}
 	h.setBackends(backends)
 	return h
 }
@@ -110,31 +115,31 @@ func (h *harness) setBackends(bs []testBackend) {
 	h.t.Helper()
 	for _, b := range bs {
 		be := Backend{Addr: BE32(b.addr.Addr()), Port: BE16(b.addr.Port()), Flags: BackendFlagMAC, Mac: b.mac, Smac: lbMAC}
-		if err := h.coll.Maps[MapBackends].Put(b.id, be); err != nil {
+		if err := h.maps.Backends.Put(b.id, be); err != nil {
 			h.t.Fatal(err)
 		}
 	}
 	table := make([]uint32, MaglevSize)
 	for i := range table {
 		if len(bs) == 0 {
-			table[i] = NoBackend
+			table[i] = emptySlot
 		} else {
 			table[i] = bs[i%len(bs)].id
 		}
 	}
 	h.putTable(0, table)
-	if err := h.coll.Maps[MapControl].Put(uint32(0), LBControl{MaglevActive: 0}); err != nil {
+	if err := h.maps.Control.Put(uint32(0), LBControl{MaglevActive: 0}); err != nil {
 		h.t.Fatal(err)
 	}
 }
 
+// emptySlot is a Maglev slot owned by no backend (any index at or above
+// MaxBackends).
+const emptySlot = ^uint32(0)
+
 func (h *harness) putTable(half uint32, table []uint32) {
 	h.t.Helper()
-	keys := make([]uint32, len(table))
-	for i := range keys {
-		keys[i] = half*MaglevSize + uint32(i)
-	}
-	if _, err := h.coll.Maps[MapMaglev].BatchUpdate(keys, table, nil); err != nil {
+	if err := PutMaglev(h.maps.Maglev, half, table); err != nil {
 		h.t.Fatal(err)
 	}
 }
@@ -151,7 +156,7 @@ func (h *harness) stats() []uint64 {
 	out := make([]uint64, StatCount)
 	for i := range out {
 		var per []uint64
-		if err := h.coll.Maps[MapStats].Lookup(uint32(i), &per); err != nil {
+		if err := h.maps.Stats.Lookup(uint32(i), &per); err != nil {
 			h.t.Fatal(err)
 		}
 		for _, v := range per {
@@ -164,7 +169,7 @@ func (h *harness) stats() []uint64 {
 func (h *harness) backendCounters(id uint32) BackendCounters {
 	h.t.Helper()
 	var per []BackendCounters
-	if err := h.coll.Maps[MapBackendStats].Lookup(id, &per); err != nil {
+	if err := h.maps.BackendStats.Lookup(id, &per); err != nil {
 		h.t.Fatal(err)
 	}
 	var sum BackendCounters
@@ -205,10 +210,18 @@ func (h *harness) tryRun(prog *ebpf.Program, in []byte) (result, error) {
 	return r, nil
 }
 
-func (h *harness) flow(m string, k FlowKey) (Flow, bool) {
+// table is the map of a flow table.
+func (h *harness) table(t FlowTable) *ebpf.Map {
+	if t == TableHalfOpen {
+		return h.maps.HalfOpen
+	}
+	return h.maps.Flows
+}
+
+func (h *harness) flow(t FlowTable, k FlowKey) (Flow, bool) {
 	h.t.Helper()
 	var f Flow
-	err := h.coll.Maps[m].Lookup(k, &f)
+	err := h.table(t).Lookup(k, &f)
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
 		return f, false
 	}
@@ -218,12 +231,12 @@ func (h *harness) flow(m string, k FlowKey) (Flow, bool) {
 	return f, true
 }
 
-func (h *harness) count(m string) int {
+func (h *harness) count(t FlowTable) int {
 	h.t.Helper()
 	n := 0
 	var k FlowKey
 	var f Flow
-	it := h.coll.Maps[m].Iterate()
+	it := h.table(t).Iterate()
 	for it.Next(&k, &f) {
 		n++
 	}
@@ -233,11 +246,11 @@ func (h *harness) count(m string) int {
 	return n
 }
 
-func (h *harness) dump(m string) []string {
+func (h *harness) dump(t FlowTable) []string {
 	var out []string
 	var k FlowKey
 	var f Flow
-	it := h.coll.Maps[m].Iterate()
+	it := h.table(t).Iterate()
 	for it.Next(&k, &f) {
 		out = append(out, fmt.Sprintf("%v->%v => %v->%v be=%d state=%v", k.Src(), k.Dst(), f.Src(), f.Dst(), f.Backend, FlowState(f.State)))
 	}

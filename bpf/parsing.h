@@ -24,8 +24,11 @@ struct packet {
 	__u8 tcp_flags;
 };
 
-/* Returns -1 when the packet is one to consider, or the STAT_PASS_* reason
- * to let it go to the kernel untouched. */
+/* What parse_packet returns for a packet to consider: any other value is
+ * the STAT_PASS_* reason to let it go to the kernel untouched. */
+#define PARSE_OK (-1)
+
+/* Reads the headers into p, bounds-checking before every read. */
 static __always_inline int parse_packet(struct packet *p)
 {
 	void *data = p->data;
@@ -71,7 +74,7 @@ static __always_inline int parse_packet(struct packet *p)
 	p->ip = ip;
 	p->tcp = tcp;
 	p->tcp_flags = ((__u8 *)tcp)[13];
-	return -1;
+	return PARSE_OK;
 }
 
 #endif

@@ -109,33 +109,33 @@ func LoadSpec(cfg Config) (*ebpf.CollectionSpec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse embedded bpf object: %w", err)
 	}
+	var vars VariableSpecs
+	if err := spec.Assign(&vars); err != nil {
+		return nil, fmt.Errorf("bpf object: %w", err)
+	}
 	set := []struct {
-		name  string
+		v     *ebpf.VariableSpec
 		value any
 	}{
-		{"frontend_addr", BE32(cfg.Frontend.Addr())},
-		{"frontend_port", BE16(cfg.Frontend.Port())},
-		{"snat_port_lo", cfg.SNATLo},
-		{"snat_port_hi", cfg.SNATHi},
-		{"timeout_syn_ns", uint64(cfg.SynTimeout)},
-		{"timeout_established_ns", uint64(cfg.IdleTimeout)},
-		{"timeout_closing_ns", uint64(cfg.CloseTimeout)},
-		{"timeout_reset_ns", uint64(cfg.ResetTimeout)},
-		{"refused_hold_ns", uint64(cfg.RefusedHold)},
+		{vars.FrontendAddr, BE32(cfg.Frontend.Addr())},
+		{vars.FrontendPort, BE16(cfg.Frontend.Port())},
+		{vars.SnatPortLo, cfg.SNATLo},
+		{vars.SnatPortHi, cfg.SNATHi},
+		{vars.TimeoutSynNs, uint64(cfg.SynTimeout)},
+		{vars.TimeoutEstablishedNs, uint64(cfg.IdleTimeout)},
+		{vars.TimeoutClosingNs, uint64(cfg.CloseTimeout)},
+		{vars.TimeoutResetNs, uint64(cfg.ResetTimeout)},
+		{vars.RefusedHoldNs, uint64(cfg.RefusedHold)},
 	}
 	if cfg.HashSeed != 0 {
 		set = append(set, struct {
-			name  string
+			v     *ebpf.VariableSpec
 			value any
-		}{"hash_seed", cfg.HashSeed})
+		}{vars.HashSeed, cfg.HashSeed})
 	}
 	for _, s := range set {
-		v, ok := spec.Variables[s.name]
-		if !ok {
-			return nil, fmt.Errorf("bpf object has no variable %s", s.name)
-		}
-		if err := v.Set(s.value); err != nil {
-			return nil, fmt.Errorf("set %s: %w", s.name, err)
+		if err := s.v.Set(s.value); err != nil {
+			return nil, fmt.Errorf("set %s: %w", s.v.Name, err)
 		}
 	}
 	return spec, nil
@@ -154,6 +154,17 @@ func (c Config) Timeout(s FlowState) time.Duration {
 		return c.CloseTimeout
 	}
 	return c.ResetTimeout
+}
+
+// EmbeddedSpec returns the data path's collection spec as compiled, without
+// configuration: its maps and programs, for code that opens or removes an
+// instance's pins rather than loading it.
+func EmbeddedSpec() (*ebpf.CollectionSpec, error) {
+	spec, err := loadXdplb()
+	if err != nil {
+		return nil, fmt.Errorf("parse embedded bpf object: %w", err)
+	}
+	return spec, nil
 }
 
 // LoadFloorSpec returns the MAC-swap XDP_TX program benchmarks compare with.

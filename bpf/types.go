@@ -18,19 +18,19 @@ type (
 	FlowDir         = xdplbFlowDir
 )
 
-// Map names, as pinned under the instance directory.
-const (
-	MapFlows          = xdplbMapFlows
-	MapHalfOpen       = xdplbMapHalfOpen
-	MapBackends       = xdplbMapBackends
-	MapBackendRefused = xdplbMapBackendRefused
-	MapMaglev         = xdplbMapMaglev
-	MapControl        = xdplbMapControl
-	MapStats          = xdplbMapStats
-	MapBackendStats   = xdplbMapBackendStats
+// The data path's objects as bpf2go generated them: the loader loads into
+// these (CollectionSpec.LoadAndAssign, Assign), so no map or variable is
+// looked up by a name written twice.
+type (
+	// Maps are the maps of one instance, pinned under its directory.
+	Maps = xdplbMaps
+	// MapSpecs are the maps before loading.
+	MapSpecs = xdplbMapSpecs
+	// VariableSpecs are the load-time constants (volatile const).
+	VariableSpecs = xdplbVariableSpecs
 )
 
-// Program names.
+// Program names: the XDP and the TC variant of the one C core.
 const (
 	ProgXDP = xdplbProgXdplbXdp
 	ProgTC  = xdplbProgXdplbTc
@@ -53,14 +53,39 @@ const flowFlagSynAck = 0x01
 // BackendFlagMAC says Backend.Mac, Smac and Ifindex are resolved.
 const BackendFlagMAC = 0x01
 
-// NoBackend marks an empty Maglev slot.
-const NoBackend = 0xffffffff
+// The limits of the data path, from enum xdplb_limit in xdplb_consts.h.
+const (
+	// MaglevSize is the size of one of the two Maglev tables in the maglev map.
+	MaglevSize = uint32(xdplbXdplbLimitXDPLB_MAGLEV_SIZE)
+	// MaxBackends is the number of backend slots; a Maglev slot holding an
+	// index at or above it is empty.
+	MaxBackends = uint32(xdplbXdplbLimitXDPLB_MAX_BACKENDS)
+	// FlowsMax and HalfOpenMax are the capacities of the two flow tables.
+	FlowsMax    = uint32(xdplbXdplbLimitXDPLB_FLOWS_MAX)
+	HalfOpenMax = uint32(xdplbXdplbLimitXDPLB_HALF_OPEN_MAX)
+)
 
-// MaglevSize is the size of one of the two Maglev tables in the maglev map.
-const MaglevSize = 65537
+// FlowTable names one of the data path's two flow tables.
+type FlowTable int
 
-// MaxBackends is the number of backend slots.
-const MaxBackends = 256
+const (
+	// TableEstablished holds established and closing connections (map flows).
+	TableEstablished FlowTable = iota
+	// TableHalfOpen holds connections whose client has not yet ACKed the
+	// backend's SYN-ACK (map half_open).
+	TableHalfOpen
+)
+
+// FlowTables lists both tables.
+var FlowTables = []FlowTable{TableEstablished, TableHalfOpen}
+
+// String is the table's map name.
+func (t FlowTable) String() string {
+	if t == TableHalfOpen {
+		return xdplbMapHalfOpen
+	}
+	return xdplbMapFlows
+}
 
 func (s FlowState) String() string {
 	switch s {

@@ -175,11 +175,11 @@ static __always_inline __u32 pick_backend(const struct flow_key *k, __u64 now)
 
 #pragma unroll
 	for (i = 0; i < BACKEND_PROBES; i++) {
-		slot = hash % MAGLEV_SIZE;
+		slot = hash % XDPLB_MAGLEV_SIZE;
 		if (ctl->maglev_active)
-			slot += MAGLEV_SIZE;
+			slot += XDPLB_MAGLEV_SIZE;
 		id = bpf_map_lookup_elem(&maglev, &slot);
-		if (!id || *id >= MAX_BACKENDS)
+		if (!id || *id >= XDPLB_MAX_BACKENDS)
 			return NO_BACKEND;
 		refused = bpf_map_lookup_elem(&backend_refused, id);
 		if (!refused || *refused == 0 || now - *refused > refused_hold_ns)
@@ -454,7 +454,7 @@ static __always_inline int process(void *ctx, struct packet *p, struct flow *scr
 	int r;
 
 	r = parse_packet(p);
-	if (r >= 0)
+	if (r != PARSE_OK)
 		return r;
 	if (p->ip->daddr != frontend_addr)
 		return STAT_PASS_OTHER_ADDR;
@@ -598,3 +598,4 @@ char LICENSE[] SEC("license") = "Dual MIT/GPL";
 const enum xdplb_stat *unused_stat __attribute__((unused));
 const enum flow_state *unused_flow_state __attribute__((unused));
 const enum flow_dir *unused_flow_dir __attribute__((unused));
+const enum xdplb_limit *unused_limit __attribute__((unused));

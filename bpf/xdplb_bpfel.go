@@ -84,6 +84,15 @@ type xdplbLbControl struct {
 	Pad          uint32
 }
 
+type xdplbXdplbLimit uint32
+
+const (
+	xdplbXdplbLimitXDPLB_MAX_BACKENDS  xdplbXdplbLimit = 256
+	xdplbXdplbLimitXDPLB_MAGLEV_SIZE   xdplbXdplbLimit = 65537
+	xdplbXdplbLimitXDPLB_FLOWS_MAX     xdplbXdplbLimit = 262144
+	xdplbXdplbLimitXDPLB_HALF_OPEN_MAX xdplbXdplbLimit = 65536
+)
+
 type xdplbXdplbStat uint32
 
 const (
@@ -141,6 +150,7 @@ const (
 	xdplbVarTimeoutSynNs         = "timeout_syn_ns"
 	xdplbVarUnusedFlowDir        = "unused_flow_dir"
 	xdplbVarUnusedFlowState      = "unused_flow_state"
+	xdplbVarUnusedLimit          = "unused_limit"
 	xdplbVarUnusedStat           = "unused_stat"
 )
 
@@ -220,6 +230,7 @@ type xdplbVariableSpecs struct {
 	TimeoutSynNs         *ebpf.VariableSpec `ebpf:"timeout_syn_ns"`
 	UnusedFlowDir        *ebpf.VariableSpec `ebpf:"unused_flow_dir"`
 	UnusedFlowState      *ebpf.VariableSpec `ebpf:"unused_flow_state"`
+	UnusedLimit          *ebpf.VariableSpec `ebpf:"unused_limit"`
 	UnusedStat           *ebpf.VariableSpec `ebpf:"unused_stat"`
 }
 
@@ -282,6 +293,7 @@ type xdplbVariables struct {
 	TimeoutSynNs         *ebpf.Variable `ebpf:"timeout_syn_ns"`
 	UnusedFlowDir        *ebpf.Variable `ebpf:"unused_flow_dir"`
 	UnusedFlowState      *ebpf.Variable `ebpf:"unused_flow_state"`
+	UnusedLimit          *ebpf.Variable `ebpf:"unused_limit"`
 	UnusedStat           *ebpf.Variable `ebpf:"unused_stat"`
 }
 

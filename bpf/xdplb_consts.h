@@ -1,35 +1,30 @@
 /* SPDX-License-Identifier: GPL-2.0 OR MIT */
-/* Limits and well-known values of the xdplb data path. Sizes that userspace
- * must agree with live here once; the Go side reads the map sizes from the
- * loaded spec instead of repeating them. */
+/* Limits and well-known values of the xdplb data path.
+ *
+ * The sizes userspace must agree with are the enum xdplb_limit below: bpf2go
+ * exports it (-type xdplb_limit) as Go constants, so they are written once,
+ * here; bpf/limits_test.go checks the loaded map specs against them. */
 #ifndef XDPLB_CONSTS_H
 #define XDPLB_CONSTS_H
 
-/* Backend slots. A backend keeps its index for its whole life so that flows
- * and counters that name it stay meaningful while the set changes. */
-#ifndef MAX_BACKENDS
-#define MAX_BACKENDS 256
-#endif
-
-/* Maglev lookup table size: a prime >= 100 x MAX_BACKENDS would be 25601;
- * 65537 keeps disruption far below 1% for the handful of API servers xdplb
- * fronts. Two tables live side by side so userspace can fill one while the
- * data path reads the other, then flip. */
-#ifndef MAGLEV_SIZE
-#define MAGLEV_SIZE 65537
-#endif
-
-/* Established (and closing) flows, two entries per connection: one keyed as
- * the client sends, one keyed as the backend replies. */
-#ifndef FLOWS_MAX
-#define FLOWS_MAX 262144
-#endif
-
-/* Half-open flows live in their own LRU so a SYN flood of spoofed sources
- * evicts only other half-open flows, never an established connection. */
-#ifndef HALF_OPEN_MAX
-#define HALF_OPEN_MAX 65536
-#endif
+enum xdplb_limit {
+	/* Backend slots. A backend keeps its index for its whole life so that
+	 * flows and counters that name it stay meaningful while the set
+	 * changes. A Maglev slot holding an index at or above this is empty. */
+	XDPLB_MAX_BACKENDS = 256,
+	/* Maglev lookup table size: a prime >= 100 x the handful of API
+	 * servers xdplb fronts keeps disruption far below 1%. Two tables live
+	 * side by side so userspace can fill one while the data path reads the
+	 * other, then flip. */
+	XDPLB_MAGLEV_SIZE = 65537,
+	/* Established (and closing) flows, two entries per connection: one
+	 * keyed as the client sends, one keyed as the backend replies. */
+	XDPLB_FLOWS_MAX = 262144,
+	/* Half-open flows live in their own LRU so a SYN flood of spoofed
+	 * sources evicts only other half-open flows, never an established
+	 * connection. */
+	XDPLB_HALF_OPEN_MAX = 65536,
+};
 
 /* Attempts at a random SNAT port before the pool counts as exhausted. */
 #define SNAT_PORT_TRIES 8
@@ -37,6 +32,7 @@
 /* Maglev probes when the chosen backend has just refused a SYN. */
 #define BACKEND_PROBES 4
 
+/* What lookups return when no backend can take a flow. */
 #define NO_BACKEND 0xffffffffU
 
 /* Only rewrite last_seen when it is this stale: avoids a store (and a

@@ -12,7 +12,7 @@
 /* Established and closing flows: both directions of each connection. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, FLOWS_MAX);
+	__uint(max_entries, XDPLB_FLOWS_MAX);
 	__type(key, struct flow_key);
 	__type(value, struct flow);
 } flows SEC(".maps");
@@ -20,14 +20,14 @@ struct {
 /* Flows whose backend has not answered the SYN yet. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, HALF_OPEN_MAX);
+	__uint(max_entries, XDPLB_HALF_OPEN_MAX);
 	__type(key, struct flow_key);
 	__type(value, struct flow);
 } half_open SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, MAX_BACKENDS);
+	__uint(max_entries, XDPLB_MAX_BACKENDS);
 	__type(key, __u32);
 	__type(value, struct backend);
 } backends SEC(".maps");
@@ -36,7 +36,7 @@ struct {
  * clear. Written by the data path, cleared by the health checker. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, MAX_BACKENDS);
+	__uint(max_entries, XDPLB_MAX_BACKENDS);
 	__type(key, __u32);
 	__type(value, __u64);
 } backend_refused SEC(".maps");
@@ -44,7 +44,7 @@ struct {
 /* Two Maglev tables back to back; lb_control says which is live. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 2 * MAGLEV_SIZE);
+	__uint(max_entries, 2 * XDPLB_MAGLEV_SIZE);
 	__type(key, __u32);
 	__type(value, __u32);
 } maglev SEC(".maps");
@@ -65,7 +65,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, MAX_BACKENDS);
+	__uint(max_entries, XDPLB_MAX_BACKENDS);
 	__type(key, __u32);
 	__type(value, struct backend_counters);
 } backend_stats SEC(".maps");

@@ -11,6 +11,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/xdplb/xdplb/bpf/packet"
 )
 
 type hook struct {
@@ -50,7 +52,7 @@ func named(m map[Stat]uint64) map[string]uint64 {
 
 func wantChecksums(t *testing.T, what string, b []byte) {
 	t.Helper()
-	ipRes, tcpRes, ok := csumResidual(b)
+	ipRes, tcpRes, ok := packet.Residuals(b)
 	if !ok || ipRes != 0xffff || tcpRes != 0xffff {
 		t.Fatalf("%s: checksums wrong (ip %#x tcp %#x ok %v)", what, ipRes, tcpRes, ok)
 	}
@@ -68,35 +70,35 @@ func TestConnectionLifecycle(t *testing.T) {
 				snat := netip.AddrPortFrom(vip, 20000)
 				be := threeServers[1]
 
-				clientToLB := func(flags uint8, seq, ack uint32, payload []byte) testPacket {
-					return testPacket{srcMAC: agentMAC, dstMAC: lbMAC, src: agent1, dst: frontend, flags: flags, seq: seq, ack: ack, payload: payload, ipID: 7}
+				clientToLB := func(flags packet.Flags, seq, ack uint32, payload []byte) packet.TCP {
+					return packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: agent1, Dst: frontend, Flags: flags, Seq: seq, Ack: ack, Payload: payload, IP: packet.IP{ID: 7}}
 				}
-				lbToBackend := func(p testPacket) testPacket {
-					p.srcMAC, p.dstMAC, p.src, p.dst = lbMAC, be.mac, snat, be.addr
+				lbToBackend := func(p packet.TCP) packet.TCP {
+					p.SrcMAC, p.DstMAC, p.Src, p.Dst = lbMAC, be.mac, snat, be.addr
 					return p
 				}
-				backendToLB := func(flags uint8, seq, ack uint32, payload []byte) testPacket {
-					return testPacket{srcMAC: be.mac, dstMAC: lbMAC, src: be.addr, dst: snat, flags: flags, seq: seq, ack: ack, payload: payload, ipID: 9}
+				backendToLB := func(flags packet.Flags, seq, ack uint32, payload []byte) packet.TCP {
+					return packet.TCP{SrcMAC: be.mac, DstMAC: lbMAC, Src: be.addr, Dst: snat, Flags: flags, Seq: seq, Ack: ack, Payload: payload, IP: packet.IP{ID: 9}}
 				}
-				lbToClient := func(p testPacket) testPacket {
-					p.srcMAC, p.dstMAC, p.src, p.dst = lbMAC, agentMAC, frontend, agent1
+				lbToClient := func(p packet.TCP) packet.TCP {
+					p.SrcMAC, p.DstMAC, p.Src, p.Dst = lbMAC, agentMAC, frontend, agent1
 					return p
 				}
 
 				steps := []struct {
 					name  string
-					in    testPacket
-					want  testPacket
+					in    packet.TCP
+					want  packet.TCP
 					stats map[Stat]uint64
 					check func(t *testing.T)
 				}{
-					{"syn", clientToLB(fSYN, 1000, 0, nil), lbToBackend(clientToLB(fSYN, 1000, 0, nil)),
+					{"syn", clientToLB(packet.SYN, 1000, 0, nil), lbToBackend(clientToLB(packet.SYN, 1000, 0, nil)),
 						map[Stat]uint64{StatNewFlow: 1}, func(t *testing.T) {
-							f, ok := h.flow(MapHalfOpen, Key(agent1, frontend))
+							f, ok := h.flow(TableHalfOpen, Key(agent1, frontend))
 							if !ok || f.State != uint8(FlowSynSent) || f.Dst() != be.addr || f.Src() != snat {
 								t.Fatalf("half-open client entry %+v ok=%v", f, ok)
 							}
-							r, ok := h.flow(MapHalfOpen, Key(be.addr, snat))
+							r, ok := h.flow(TableHalfOpen, Key(be.addr, snat))
 							if !ok || r.Dst() != agent1 || r.Src() != frontend || r.Dmac != agentMAC {
 								t.Fatalf("half-open backend entry %+v ok=%v", r, ok)
 							}
@@ -104,76 +106,76 @@ func TestConnectionLifecycle(t *testing.T) {
 								t.Fatalf("backend counters %+v", c)
 							}
 						}},
-					{"syn retransmitted", clientToLB(fSYN, 1000, 0, nil), lbToBackend(clientToLB(fSYN, 1000, 0, nil)),
+					{"syn retransmitted", clientToLB(packet.SYN, 1000, 0, nil), lbToBackend(clientToLB(packet.SYN, 1000, 0, nil)),
 						map[Stat]uint64{StatToBackend: 1}, nil},
-					{"syn-ack", backendToLB(fSYN|fACK, 5000, 1001, nil), lbToClient(backendToLB(fSYN|fACK, 5000, 1001, nil)),
+					{"syn-ack", backendToLB(packet.SYN|packet.ACK, 5000, 1001, nil), lbToClient(backendToLB(packet.SYN|packet.ACK, 5000, 1001, nil)),
 						map[Stat]uint64{StatToClient: 1}, func(t *testing.T) {
 							// The backend answered; the connection stays half-open
 							// until the client's ACK (a spoofed SYN never sends one).
 							for _, k := range []FlowKey{Key(agent1, frontend), Key(be.addr, snat)} {
-								if f, ok := h.flow(MapHalfOpen, k); !ok || f.Flags&flowFlagSynAck == 0 {
+								if f, ok := h.flow(TableHalfOpen, k); !ok || f.Flags&flowFlagSynAck == 0 {
 									t.Fatalf("half-open %v after syn-ack: %+v ok=%v", k, f, ok)
 								}
 							}
-							if n := h.count(MapFlows); n != 0 {
+							if n := h.count(TableEstablished); n != 0 {
 								t.Fatalf("flows has %d entries before the client's ACK", n)
 							}
 						}},
-					{"ack", clientToLB(fACK, 1001, 5001, nil), lbToBackend(clientToLB(fACK, 1001, 5001, nil)),
+					{"ack", clientToLB(packet.ACK, 1001, 5001, nil), lbToBackend(clientToLB(packet.ACK, 1001, 5001, nil)),
 						map[Stat]uint64{StatToBackend: 1}, func(t *testing.T) {
-							if n := h.count(MapHalfOpen); n != 0 {
+							if n := h.count(TableHalfOpen); n != 0 {
 								t.Fatalf("half_open has %d entries after the handshake", n)
 							}
 							for _, k := range []FlowKey{Key(agent1, frontend), Key(be.addr, snat)} {
-								if f, ok := h.flow(MapFlows, k); !ok || f.State != uint8(FlowEstablished) {
+								if f, ok := h.flow(TableEstablished, k); !ok || f.State != uint8(FlowEstablished) {
 									t.Fatalf("flow %v: %+v ok=%v", k, f, ok)
 								}
 							}
 						}},
-					{"request", clientToLB(fACK|fPSH, 1001, 5001, []byte("GET /whoami HTTP/1.1\r\n\r\n")),
-						lbToBackend(clientToLB(fACK|fPSH, 1001, 5001, []byte("GET /whoami HTTP/1.1\r\n\r\n"))),
+					{"request", clientToLB(packet.ACK|packet.PSH, 1001, 5001, []byte("GET /whoami HTTP/1.1\r\n\r\n")),
+						lbToBackend(clientToLB(packet.ACK|packet.PSH, 1001, 5001, []byte("GET /whoami HTTP/1.1\r\n\r\n"))),
 						map[Stat]uint64{StatToBackend: 1}, nil},
-					{"response", backendToLB(fACK|fPSH, 5001, 1025, []byte("server-2")),
-						lbToClient(backendToLB(fACK|fPSH, 5001, 1025, []byte("server-2"))),
+					{"response", backendToLB(packet.ACK|packet.PSH, 5001, 1025, []byte("server-2")),
+						lbToClient(backendToLB(packet.ACK|packet.PSH, 5001, 1025, []byte("server-2"))),
 						map[Stat]uint64{StatToClient: 1}, nil},
-					{"client fin", clientToLB(fFIN|fACK, 1025, 5009, nil), lbToBackend(clientToLB(fFIN|fACK, 1025, 5009, nil)),
+					{"client fin", clientToLB(packet.FIN|packet.ACK, 1025, 5009, nil), lbToBackend(clientToLB(packet.FIN|packet.ACK, 1025, 5009, nil)),
 						map[Stat]uint64{StatToBackend: 1}, func(t *testing.T) {
 							for _, k := range []FlowKey{Key(agent1, frontend), Key(be.addr, snat)} {
-								if f, _ := h.flow(MapFlows, k); f.State != uint8(FlowClosing) {
+								if f, _ := h.flow(TableEstablished, k); f.State != uint8(FlowClosing) {
 									t.Fatalf("flow %v state %v, want closing", k, FlowState(f.State))
 								}
 							}
 						}},
-					{"backend fin", backendToLB(fFIN|fACK, 5009, 1026, nil), lbToClient(backendToLB(fFIN|fACK, 5009, 1026, nil)),
+					{"backend fin", backendToLB(packet.FIN|packet.ACK, 5009, 1026, nil), lbToClient(backendToLB(packet.FIN|packet.ACK, 5009, 1026, nil)),
 						map[Stat]uint64{StatToClient: 1}, nil},
-					{"last ack", clientToLB(fACK, 1026, 5010, nil), lbToBackend(clientToLB(fACK, 1026, 5010, nil)),
+					{"last ack", clientToLB(packet.ACK, 1026, 5010, nil), lbToBackend(clientToLB(packet.ACK, 1026, 5010, nil)),
 						map[Stat]uint64{StatToBackend: 1}, nil},
-					{"syn reuses the closed 4-tuple", clientToLB(fSYN, 9000, 0, nil), lbToBackend(clientToLB(fSYN, 9000, 0, nil)),
+					{"syn reuses the closed 4-tuple", clientToLB(packet.SYN, 9000, 0, nil), lbToBackend(clientToLB(packet.SYN, 9000, 0, nil)),
 						map[Stat]uint64{StatNewFlow: 1, StatFlowReopened: 1}, func(t *testing.T) {
-							if _, ok := h.flow(MapFlows, Key(agent1, frontend)); ok {
+							if _, ok := h.flow(TableEstablished, Key(agent1, frontend)); ok {
 								t.Fatal("closed flow still in flows")
 							}
 						}},
-					{"syn-ack 2", backendToLB(fSYN|fACK, 7000, 9001, nil), lbToClient(backendToLB(fSYN|fACK, 7000, 9001, nil)),
+					{"syn-ack 2", backendToLB(packet.SYN|packet.ACK, 7000, 9001, nil), lbToClient(backendToLB(packet.SYN|packet.ACK, 7000, 9001, nil)),
 						map[Stat]uint64{StatToClient: 1}, nil},
-					{"ack 2", clientToLB(fACK, 9001, 7001, nil), lbToBackend(clientToLB(fACK, 9001, 7001, nil)),
+					{"ack 2", clientToLB(packet.ACK, 9001, 7001, nil), lbToBackend(clientToLB(packet.ACK, 9001, 7001, nil)),
 						map[Stat]uint64{StatToBackend: 1}, nil},
-					{"client rst", clientToLB(fRST|fACK, 9001, 7001, nil), lbToBackend(clientToLB(fRST|fACK, 9001, 7001, nil)),
+					{"client rst", clientToLB(packet.RST|packet.ACK, 9001, 7001, nil), lbToBackend(clientToLB(packet.RST|packet.ACK, 9001, 7001, nil)),
 						map[Stat]uint64{StatToBackend: 1}, func(t *testing.T) {
 							for _, k := range []FlowKey{Key(agent1, frontend), Key(be.addr, snat)} {
-								if f, _ := h.flow(MapFlows, k); f.State != uint8(FlowReset) {
+								if f, _ := h.flow(TableEstablished, k); f.State != uint8(FlowReset) {
 									t.Fatalf("flow %v state %v, want reset", k, FlowState(f.State))
 								}
 							}
 						}},
 				}
 				for _, s := range steps {
-					in := s.in.bytes()
+					in := s.in.Frame()
 					r := h.run(prog, in)
 					if r.verdict != hk.tx {
 						t.Fatalf("%s: verdict %d, want %d (stats %v)", s.name, r.verdict, hk.tx, named(r.stats))
 					}
-					wantBytes(t, s.name, r.out, s.want.bytes())
+					wantBytes(t, s.name, r.out, s.want.Frame())
 					wantChecksums(t, s.name, r.out)
 					wantStats(t, s.name, r.stats, s.stats)
 					if s.check != nil {
@@ -197,24 +199,24 @@ func testClocks() []Clock {
 // TestPassUntouched: traffic that is not the load balancer's leaves the
 // program byte-identical, with the reason counted.
 func TestPassUntouched(t *testing.T) {
-	sshToVIP := testPacket{srcMAC: agentMAC, dstMAC: lbMAC, src: agent1, dst: netip.AddrPortFrom(vip, 22), flags: fSYN}
-	toNode := testPacket{srcMAC: agentMAC, dstMAC: lbMAC, src: agent1, dst: netip.MustParseAddrPort("10.10.10.98:6443"), flags: fSYN}
-	healthReply := testPacket{srcMAC: mac(0x50), dstMAC: lbMAC, src: server1, dst: netip.MustParseAddrPort("10.10.10.98:41000"), flags: fSYN | fACK}
-	noFlow := testPacket{srcMAC: agentMAC, dstMAC: lbMAC, src: agent1, dst: frontend, flags: fACK, seq: 5, ack: 6}
-	noFlowRST := testPacket{srcMAC: agentMAC, dstMAC: lbMAC, src: agent1, dst: frontend, flags: fRST}
-	replyNoFlow := testPacket{srcMAC: mac(0x50), dstMAC: lbMAC, src: server1, dst: netip.AddrPortFrom(vip, 20001), flags: fACK}
-	synAckToFrontend := testPacket{srcMAC: agentMAC, dstMAC: lbMAC, src: agent1, dst: frontend, flags: fSYN | fACK}
+	sshToVIP := packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: agent1, Dst: netip.AddrPortFrom(vip, 22), Flags: packet.SYN}
+	toNode := packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: agent1, Dst: netip.MustParseAddrPort("10.10.10.98:6443"), Flags: packet.SYN}
+	healthReply := packet.TCP{SrcMAC: mac(0x50), DstMAC: lbMAC, Src: server1, Dst: netip.MustParseAddrPort("10.10.10.98:41000"), Flags: packet.SYN | packet.ACK}
+	noFlow := packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: agent1, Dst: frontend, Flags: packet.ACK, Seq: 5, Ack: 6}
+	noFlowRST := packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: agent1, Dst: frontend, Flags: packet.RST}
+	replyNoFlow := packet.TCP{SrcMAC: mac(0x50), DstMAC: lbMAC, Src: server1, Dst: netip.AddrPortFrom(vip, 20001), Flags: packet.ACK}
+	synAckToFrontend := packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: agent1, Dst: frontend, Flags: packet.SYN | packet.ACK}
 
 	arp, _ := hex.DecodeString("ffffffffffff020000000001080600010800060400010200000000010a0a0a650000000000000a0a0a64")
-	ipv6 := append(append([]byte{}, sshToVIP.bytes()[:12]...), 0x86, 0xdd, 0x60, 0, 0, 0, 0, 0, 6, 64)
+	ipv6 := append(append([]byte{}, sshToVIP.Frame()[:12]...), 0x86, 0xdd, 0x60, 0, 0, 0, 0, 0, 6, 64)
 	ipv6 = append(ipv6, make([]byte, 32+20)...)
-	icmp := sshToVIP.bytes()[:14+20+8]
+	icmp := sshToVIP.Frame()[:14+20+8]
 	icmp[14+9] = 1                  // protocol ICMP
 	icmp[14+3] = 28                 // total length
 	icmp[14+10], icmp[14+11] = 0, 0 // checksum left wrong on purpose: not ours to judge
 	vrrp := append([]byte{}, icmp...)
 	vrrp[14+9] = 112
-	vlan := append(append(append([]byte{}, sshToVIP.bytes()[:12]...), 0x81, 0x00, 0x00, 0x0a), toNode.bytes()[12:]...)
+	vlan := append(append(append([]byte{}, sshToVIP.Frame()[:12]...), 0x81, 0x00, 0x00, 0x0a), toNode.Frame()[12:]...)
 
 	cases := []struct {
 		name string
@@ -226,13 +228,13 @@ func TestPassUntouched(t *testing.T) {
 		{"icmp echo to vip", icmp, StatNotTCP},
 		{"vrrp", vrrp, StatNotTCP},
 		{"vlan tagged", vlan, StatVLAN},
-		{"ssh to vip", sshToVIP.bytes(), StatOtherPort},
-		{"node's own address", toNode.bytes(), StatOtherAddr},
-		{"health check reply", healthReply.bytes(), StatOtherAddr},
-		{"client ack without flow", noFlow.bytes(), StatNoFlow},
-		{"client rst without flow", noFlowRST.bytes(), StatNoFlow},
-		{"syn-ack to frontend port", synAckToFrontend.bytes(), StatNoFlow},
-		{"reply to snat port without flow", replyNoFlow.bytes(), StatReplyNoFlow},
+		{"ssh to vip", sshToVIP.Frame(), StatOtherPort},
+		{"node's own address", toNode.Frame(), StatOtherAddr},
+		{"health check reply", healthReply.Frame(), StatOtherAddr},
+		{"client ack without flow", noFlow.Frame(), StatNoFlow},
+		{"client rst without flow", noFlowRST.Frame(), StatNoFlow},
+		{"syn-ack to frontend port", synAckToFrontend.Frame(), StatNoFlow},
+		{"reply to snat port without flow", replyNoFlow.Frame(), StatReplyNoFlow},
 	}
 	for _, hk := range hooks {
 		h := newHarness(t, Config{}, threeServers)
@@ -252,45 +254,52 @@ func TestPassUntouched(t *testing.T) {
 // TestMalformed: every truncation and header corruption of a valid SYN
 // passes untouched with a counted reason; nothing is rewritten.
 func TestMalformed(t *testing.T) {
-	syn := testPacket{srcMAC: agentMAC, dstMAC: lbMAC, src: agent1, dst: frontend, flags: fSYN,
-		tcpOptions: []byte{2, 4, 5, 0xb4, 1, 1, 4, 2}}
-	good := syn.bytes()
+	syn := packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: agent1, Dst: frontend, Flags: packet.SYN,
+		Options: []byte{2, 4, 5, 0xb4, 1, 1, 4, 2}}
+	good := syn.Frame()
 
 	type mutation struct {
 		name string
-		mut  func(b []byte) []byte
+		mut  func(f packet.Frame) packet.Frame
 		stat Stat
 	}
+	ip := func(set func(h packet.IPv4Header)) func(packet.Frame) packet.Frame {
+		return func(f packet.Frame) packet.Frame { set(f.IPv4()); return f }
+	}
+	tcp := func(set func(h packet.TCPHeader)) func(packet.Frame) packet.Frame {
+		return func(f packet.Frame) packet.Frame { set(f.TCP()); return f }
+	}
 	muts := []mutation{
-		{"ip options", func(b []byte) []byte {
-			out := append(append(append([]byte{}, b[:34]...), 1, 1, 1, 0), b[34:]...)
-			out[14] = 0x46
-			out[14+3] += 4
+		{"ip options", func(f packet.Frame) packet.Frame {
+			hdrEnd := packet.EthLen + packet.IPv4Len
+			out := packet.Frame(append(append(append([]byte{}, f[:hdrEnd]...), 1, 1, 1, 0), f[hdrEnd:]...))
+			out.IPv4().SetVersionIHL(4, 6)
+			out.IPv4().SetTotalLen(out.IPv4().TotalLen() + 4)
 			return out
 		}, StatIPOptions},
-		{"ihl 4", func(b []byte) []byte { b[14] = 0x44; return b }, StatBadIP},
-		{"ihl 0", func(b []byte) []byte { b[14] = 0x40; return b }, StatBadIP},
-		{"version 6 in ipv4 frame", func(b []byte) []byte { b[14] = 0x65; return b }, StatBadIP},
-		{"more fragments", func(b []byte) []byte { b[14+6] = 0x20; return b }, StatFragment},
-		{"fragment offset", func(b []byte) []byte { b[14+7] = 0x10; return b }, StatFragment},
-		{"total length beyond frame", func(b []byte) []byte { b[14+2], b[14+3] = 0x05, 0xdc; return b }, StatTruncated},
-		{"total length below headers", func(b []byte) []byte { b[14+2], b[14+3] = 0, 30; return b }, StatBadIP},
-		{"total length below ip header", func(b []byte) []byte { b[14+2], b[14+3] = 0, 10; return b }, StatBadIP},
-		{"doff 4", func(b []byte) []byte { b[34+12] = 0x40; return b }, StatBadTCP},
-		{"doff 0", func(b []byte) []byte { b[34+12] = 0x00; return b }, StatBadTCP},
-		{"doff beyond segment", func(b []byte) []byte { b[34+12] = 0xf0; return b }, StatBadTCP},
-		{"udp to frontend", func(b []byte) []byte { b[14+9] = 17; return b }, StatNotTCP},
+		{"ihl 4", ip(func(h packet.IPv4Header) { h.SetVersionIHL(4, 4) }), StatBadIP},
+		{"ihl 0", ip(func(h packet.IPv4Header) { h.SetVersionIHL(4, 0) }), StatBadIP},
+		{"version 6 in ipv4 frame", ip(func(h packet.IPv4Header) { h.SetVersionIHL(6, 5) }), StatBadIP},
+		{"more fragments", ip(func(h packet.IPv4Header) { h.SetFrag(0x2000) }), StatFragment},
+		{"fragment offset", ip(func(h packet.IPv4Header) { h.SetFrag(packet.DontFragment | 0x10) }), StatFragment},
+		{"total length beyond frame", ip(func(h packet.IPv4Header) { h.SetTotalLen(1500) }), StatTruncated},
+		{"total length below headers", ip(func(h packet.IPv4Header) { h.SetTotalLen(30) }), StatBadIP},
+		{"total length below ip header", ip(func(h packet.IPv4Header) { h.SetTotalLen(10) }), StatBadIP},
+		{"doff 4", tcp(func(h packet.TCPHeader) { h.SetDataOffset(16) }), StatBadTCP},
+		{"doff 0", tcp(func(h packet.TCPHeader) { h.SetDataOffset(0) }), StatBadTCP},
+		{"doff beyond segment", tcp(func(h packet.TCPHeader) { h.SetDataOffset(60) }), StatBadTCP},
+		{"udp to frontend", ip(func(h packet.IPv4Header) { h.SetProto(packet.ProtoUDP) }), StatNotTCP},
 	}
 	for i := 14; i < len(good); i++ {
 		n := i
 		stat := StatTruncated
-		muts = append(muts, mutation{fmt.Sprintf("truncated to %d", n), func(b []byte) []byte { return b[:n] }, stat})
+		muts = append(muts, mutation{fmt.Sprintf("truncated to %d", n), func(f packet.Frame) packet.Frame { return f[:n] }, stat})
 	}
 	for _, hk := range hooks {
 		h := newHarness(t, Config{}, threeServers)
 		for _, m := range muts {
 			t.Run(hk.name+"/"+m.name, func(t *testing.T) {
-				in := m.mut(append([]byte{}, good...))
+				in := m.mut(good.Clone())
 				r, err := h.tryRun(hk.prog(h), in)
 				if hk.name == "tc" && errors.Is(err, unix.EINVAL) && len(in) < 14+20 {
 					t.Skip("the kernel refuses skb test runs without a whole IPv4 header; the XDP case covers this length")
@@ -305,7 +314,7 @@ func TestMalformed(t *testing.T) {
 				wantStats(t, m.name, r.stats, map[Stat]uint64{m.stat: 1})
 			})
 		}
-		if n := h.count(MapHalfOpen) + h.count(MapFlows); n != 0 {
+		if n := h.count(TableHalfOpen) + h.count(TableEstablished); n != 0 {
 			t.Fatalf("%s: malformed packets created %d flow entries", hk.name, n)
 		}
 	}
@@ -316,54 +325,54 @@ func TestMalformed(t *testing.T) {
 // the client's retransmitted SYN goes to another backend.
 func TestBackendRefusesSYN(t *testing.T) {
 	h := newHarness(t, Config{}, threeServers)
-	syn := testPacket{srcMAC: agentMAC, dstMAC: lbMAC, src: agent1, dst: frontend, flags: fSYN, seq: 100}
-	r := h.run(h.xdp, syn.bytes())
+	syn := packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: agent1, Dst: frontend, Flags: packet.SYN, Seq: 100}
+	r := h.run(h.xdp, syn.Frame())
 	if r.verdict != xdpTX {
 		t.Fatalf("syn verdict %d", r.verdict)
 	}
-	f, ok := h.flow(MapHalfOpen, Key(agent1, frontend))
+	f, ok := h.flow(TableHalfOpen, Key(agent1, frontend))
 	if !ok {
 		t.Fatal("no half-open flow")
 	}
 	first := f.Backend
-	rst := testPacket{srcMAC: threeServers[first].mac, dstMAC: lbMAC, src: f.Dst(), dst: f.Src(), flags: fRST | fACK, ack: 101}
-	r = h.run(h.xdp, rst.bytes())
+	rst := packet.TCP{SrcMAC: threeServers[first].mac, DstMAC: lbMAC, Src: f.Dst(), Dst: f.Src(), Flags: packet.RST | packet.ACK, Ack: 101}
+	r = h.run(h.xdp, rst.Frame())
 	if r.verdict != xdpDrop {
 		t.Fatalf("backend rst verdict %d, want drop", r.verdict)
 	}
 	wantStats(t, "backend rst", r.stats, map[Stat]uint64{StatBackendReset: 1})
-	if n := h.count(MapHalfOpen); n != 0 {
+	if n := h.count(TableHalfOpen); n != 0 {
 		t.Fatalf("%d half-open entries left", n)
 	}
 	var refused uint64
-	if err := h.coll.Maps[MapBackendRefused].Lookup(first, &refused); err != nil || refused == 0 {
+	if err := h.maps.BackendRefused.Lookup(first, &refused); err != nil || refused == 0 {
 		t.Fatalf("backend %d not flagged: %v", first, err)
 	}
-	r = h.run(h.xdp, syn.bytes())
+	r = h.run(h.xdp, syn.Frame())
 	wantStats(t, "retransmitted syn", r.stats, map[Stat]uint64{StatNewFlow: 1})
-	f, _ = h.flow(MapHalfOpen, Key(agent1, frontend))
+	f, _ = h.flow(TableHalfOpen, Key(agent1, frontend))
 	if f.Backend == first {
 		t.Fatalf("retransmitted SYN went to the refusing backend %d again", first)
 	}
 	// Many new clients: none lands on the flagged backend.
 	for i := 0; i < 200; i++ {
 		c := netip.AddrPortFrom(agent1.Addr(), uint16(30000+i))
-		p := testPacket{srcMAC: agentMAC, dstMAC: lbMAC, src: c, dst: frontend, flags: fSYN}
-		h.run(h.xdp, p.bytes())
-		if f, _ := h.flow(MapHalfOpen, Key(c, frontend)); f.Backend == first {
+		p := packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: c, Dst: frontend, Flags: packet.SYN}
+		h.run(h.xdp, p.Frame())
+		if f, _ := h.flow(TableHalfOpen, Key(c, frontend)); f.Backend == first {
 			t.Fatalf("client %v sent to flagged backend", c)
 		}
 	}
 	// Userspace clears the flag once health checks confirm the backend.
-	if err := h.coll.Maps[MapBackendRefused].Put(first, uint64(0)); err != nil {
+	if err := h.maps.BackendRefused.Put(first, uint64(0)); err != nil {
 		t.Fatal(err)
 	}
 	seen := map[uint32]bool{}
 	for i := 0; i < 60; i++ {
 		c := netip.AddrPortFrom(agent1.Addr(), uint16(31000+i))
-		p := testPacket{srcMAC: agentMAC, dstMAC: lbMAC, src: c, dst: frontend, flags: fSYN}
-		h.run(h.xdp, p.bytes())
-		f, _ := h.flow(MapHalfOpen, Key(c, frontend))
+		p := packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: c, Dst: frontend, Flags: packet.SYN}
+		h.run(h.xdp, p.Frame())
+		f, _ := h.flow(TableHalfOpen, Key(c, frontend))
 		seen[f.Backend] = true
 	}
 	if !seen[first] {
@@ -377,9 +386,9 @@ func TestMaglevSlotMatchesGo(t *testing.T) {
 	h := newHarness(t, Config{}, threeServers)
 	for i := 0; i < 300; i++ {
 		c := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 10, byte(i >> 8), byte(i)}), uint16(1024+i*7))
-		p := testPacket{srcMAC: agentMAC, dstMAC: lbMAC, src: c, dst: frontend, flags: fSYN}
-		h.run(h.xdp, p.bytes())
-		f, ok := h.flow(MapHalfOpen, Key(c, frontend))
+		p := packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: c, Dst: frontend, Flags: packet.SYN}
+		h.run(h.xdp, p.Frame())
+		f, ok := h.flow(TableHalfOpen, Key(c, frontend))
 		if !ok {
 			t.Fatalf("client %v: no flow", c)
 		}
@@ -404,31 +413,31 @@ func TestTableSwap(t *testing.T) {
 		table[i] = 2
 	}
 	h.putTable(1, table)
-	if err := h.coll.Maps[MapControl].Put(uint32(0), LBControl{MaglevActive: 1}); err != nil {
+	if err := h.maps.Control.Put(uint32(0), LBControl{MaglevActive: 1}); err != nil {
 		t.Fatal(err)
 	}
 	c2 := netip.MustParseAddrPort("10.10.10.102:40000")
-	p := testPacket{srcMAC: agentMAC, dstMAC: lbMAC, src: c2, dst: frontend, flags: fSYN}
-	h.run(h.xdp, p.bytes())
-	if f, _ := h.flow(MapHalfOpen, Key(c2, frontend)); f.Backend != 2 {
+	p := packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: c2, Dst: frontend, Flags: packet.SYN}
+	h.run(h.xdp, p.Frame())
+	if f, _ := h.flow(TableHalfOpen, Key(c2, frontend)); f.Backend != 2 {
 		t.Fatalf("new flow on backend %d after swap, want 2", f.Backend)
 	}
-	ack := testPacket{srcMAC: agentMAC, dstMAC: lbMAC, src: agent1, dst: frontend, flags: fACK, seq: 2}
-	r := h.run(h.xdp, ack.bytes())
+	ack := packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: agent1, Dst: frontend, Flags: packet.ACK, Seq: 2}
+	r := h.run(h.xdp, ack.Frame())
 	if r.verdict != xdpTX || !bytes.Equal(r.out[0:6], threeServers[0].mac[:]) {
 		t.Fatalf("established flow moved: verdict %d dst mac %x", r.verdict, r.out[0:6])
 	}
 	// An empty table drops new SYNs (nothing to send them to).
 	for i := range table {
-		table[i] = NoBackend
+		table[i] = emptySlot
 	}
 	h.putTable(0, table)
-	if err := h.coll.Maps[MapControl].Put(uint32(0), LBControl{MaglevActive: 0}); err != nil {
+	if err := h.maps.Control.Put(uint32(0), LBControl{MaglevActive: 0}); err != nil {
 		t.Fatal(err)
 	}
 	c3 := netip.MustParseAddrPort("10.10.10.103:40000")
-	p = testPacket{srcMAC: agentMAC, dstMAC: lbMAC, src: c3, dst: frontend, flags: fSYN}
-	r = h.run(h.xdp, p.bytes())
+	p = packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: c3, Dst: frontend, Flags: packet.SYN}
+	r = h.run(h.xdp, p.Frame())
 	if r.verdict != xdpDrop {
 		t.Fatalf("syn with empty table: verdict %d", r.verdict)
 	}
@@ -439,23 +448,23 @@ func TestTableSwap(t *testing.T) {
 // client-side flow entry.
 func establish(t *testing.T, h *harness, client netip.AddrPort) Flow {
 	t.Helper()
-	syn := testPacket{srcMAC: agentMAC, dstMAC: lbMAC, src: client, dst: frontend, flags: fSYN, seq: 1}
-	if r := h.run(h.xdp, syn.bytes()); r.verdict != xdpTX {
+	syn := packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: client, Dst: frontend, Flags: packet.SYN, Seq: 1}
+	if r := h.run(h.xdp, syn.Frame()); r.verdict != xdpTX {
 		t.Fatalf("syn: verdict %d stats %v", r.verdict, named(r.stats))
 	}
-	f, ok := h.flow(MapHalfOpen, Key(client, frontend))
+	f, ok := h.flow(TableHalfOpen, Key(client, frontend))
 	if !ok {
 		t.Fatal("no half-open entry")
 	}
-	synack := testPacket{srcMAC: mac(0x50), dstMAC: lbMAC, src: f.Dst(), dst: f.Src(), flags: fSYN | fACK, seq: 1, ack: 2}
-	if r := h.run(h.xdp, synack.bytes()); r.verdict != xdpTX {
+	synack := packet.TCP{SrcMAC: mac(0x50), DstMAC: lbMAC, Src: f.Dst(), Dst: f.Src(), Flags: packet.SYN | packet.ACK, Seq: 1, Ack: 2}
+	if r := h.run(h.xdp, synack.Frame()); r.verdict != xdpTX {
 		t.Fatalf("syn-ack: verdict %d stats %v", r.verdict, named(r.stats))
 	}
-	ack := testPacket{srcMAC: agentMAC, dstMAC: lbMAC, src: client, dst: frontend, flags: fACK, seq: 2, ack: 2}
-	if r := h.run(h.xdp, ack.bytes()); r.verdict != xdpTX {
+	ack := packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: client, Dst: frontend, Flags: packet.ACK, Seq: 2, Ack: 2}
+	if r := h.run(h.xdp, ack.Frame()); r.verdict != xdpTX {
 		t.Fatalf("ack: verdict %d stats %v", r.verdict, named(r.stats))
 	}
-	f, ok = h.flow(MapFlows, Key(client, frontend))
+	f, ok = h.flow(TableEstablished, Key(client, frontend))
 	if !ok || f.State != uint8(FlowEstablished) {
 		t.Fatalf("not established: %+v", f)
 	}
@@ -468,8 +477,8 @@ func TestPortsExhausted(t *testing.T) {
 	h := newHarness(t, Config{SNATLo: 20000, SNATHi: 20000}, threeServers[:1])
 	establish(t, h, agent1)
 	c2 := netip.MustParseAddrPort("10.10.10.102:40000")
-	p := testPacket{srcMAC: agentMAC, dstMAC: lbMAC, src: c2, dst: frontend, flags: fSYN}
-	r := h.run(h.xdp, p.bytes())
+	p := packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: c2, Dst: frontend, Flags: packet.SYN}
+	r := h.run(h.xdp, p.Frame())
 	if r.verdict != xdpDrop {
 		t.Fatalf("verdict %d", r.verdict)
 	}
@@ -479,36 +488,36 @@ func TestPortsExhausted(t *testing.T) {
 // TestSYNFloodSparesEstablished: spoofed SYNs fill and churn the half-open
 // table; established connections live elsewhere and keep forwarding.
 func TestSYNFloodSparesEstablished(t *testing.T) {
-	h := newHarness(t, Config{SNATLo: 10000, SNATHi: 60000}, threeServers, withMapSize(MapHalfOpen, 256))
+	h := newHarness(t, Config{SNATLo: 10000, SNATHi: 60000}, threeServers, withMapSize(halfOpenSpec, 256))
 	est := establish(t, h, agent1)
 	for i := 0; i < 2000; i++ {
 		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 51, byte(i >> 8), byte(i)}), uint16(1024+i))
-		p := testPacket{srcMAC: mac(0xee), dstMAC: lbMAC, src: src, dst: frontend, flags: fSYN}
-		if r := h.run(h.xdp, p.bytes()); r.verdict != xdpTX {
+		p := packet.TCP{SrcMAC: mac(0xee), DstMAC: lbMAC, Src: src, Dst: frontend, Flags: packet.SYN}
+		if r := h.run(h.xdp, p.Frame()); r.verdict != xdpTX {
 			t.Fatalf("flood syn %d: verdict %d %v", i, r.verdict, named(r.stats))
 		}
 		// The backends answer every spoofed SYN; the spoofed clients
 		// never ACK, so nothing may reach the established table.
-		if f, ok := h.flow(MapHalfOpen, Key(src, frontend)); ok {
-			synack := testPacket{srcMAC: mac(0x50), dstMAC: lbMAC, src: f.Dst(), dst: f.Src(), flags: fSYN | fACK}
-			h.run(h.xdp, synack.bytes())
+		if f, ok := h.flow(TableHalfOpen, Key(src, frontend)); ok {
+			synack := packet.TCP{SrcMAC: mac(0x50), DstMAC: lbMAC, Src: f.Dst(), Dst: f.Src(), Flags: packet.SYN | packet.ACK}
+			h.run(h.xdp, synack.Frame())
 		}
 	}
-	if n := h.count(MapFlows); n != 2 {
+	if n := h.count(TableEstablished); n != 2 {
 		t.Fatalf("flows holds %d entries after a flood answered by the backends, want the 2 of the real connection", n)
 	}
-	if n := h.count(MapHalfOpen); n > 256 {
+	if n := h.count(TableHalfOpen); n > 256 {
 		t.Fatalf("half_open holds %d > 256", n)
 	}
-	ack := testPacket{srcMAC: agentMAC, dstMAC: lbMAC, src: agent1, dst: frontend, flags: fACK, seq: 2}
-	r := h.run(h.xdp, ack.bytes())
+	ack := packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: agent1, Dst: frontend, Flags: packet.ACK, Seq: 2}
+	r := h.run(h.xdp, ack.Frame())
 	if r.verdict != xdpTX {
 		t.Fatalf("established flow after flood: verdict %d %v", r.verdict, named(r.stats))
 	}
 	if got := Addr(binaryDst(r.out)); got != Addr(est.Daddr) {
 		t.Fatalf("established flow went to %v", got)
 	}
-	if _, ok := h.flow(MapFlows, est.Twin()); !ok {
+	if _, ok := h.flow(TableEstablished, est.Twin()); !ok {
 		t.Fatal("reply entry of the established flow was evicted")
 	}
 }
@@ -521,12 +530,12 @@ func binaryDst(b []byte) uint32 {
 // data path's point of view even before userspace GC runs.
 func TestIdleExpiry(t *testing.T) {
 	h := newHarness(t, Config{SynTimeout: 20 * time.Millisecond}, threeServers[:1])
-	syn := testPacket{srcMAC: agentMAC, dstMAC: lbMAC, src: agent1, dst: frontend, flags: fSYN}
-	h.run(h.xdp, syn.bytes())
-	f, _ := h.flow(MapHalfOpen, Key(agent1, frontend))
+	syn := packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: agent1, Dst: frontend, Flags: packet.SYN}
+	h.run(h.xdp, syn.Frame())
+	f, _ := h.flow(TableHalfOpen, Key(agent1, frontend))
 	time.Sleep(50 * time.Millisecond)
-	synack := testPacket{srcMAC: mac(0x50), dstMAC: lbMAC, src: f.Dst(), dst: f.Src(), flags: fSYN | fACK}
-	r := h.run(h.xdp, synack.bytes())
+	synack := packet.TCP{SrcMAC: mac(0x50), DstMAC: lbMAC, Src: f.Dst(), Dst: f.Src(), Flags: packet.SYN | packet.ACK}
+	r := h.run(h.xdp, synack.Frame())
 	if r.verdict != xdpPass {
 		t.Fatalf("syn-ack for expired half-open flow: verdict %d", r.verdict)
 	}
@@ -538,12 +547,12 @@ func TestIdleExpiry(t *testing.T) {
 func TestRedirect(t *testing.T) {
 	h := newHarness(t, Config{}, nil)
 	be := Backend{Addr: BE32(server1.Addr()), Port: BE16(6443), Flags: BackendFlagMAC, Mac: mac(0x50), Smac: mac(0x77), Ifindex: 4242}
-	if err := h.coll.Maps[MapBackends].Put(uint32(0), be); err != nil {
+	if err := h.maps.Backends.Put(uint32(0), be); err != nil {
 		t.Fatal(err)
 	}
 	h.setBackendsTable(0)
-	syn := testPacket{srcMAC: agentMAC, dstMAC: lbMAC, src: agent1, dst: frontend, flags: fSYN}
-	r := h.run(h.xdp, syn.bytes())
+	syn := packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: agent1, Dst: frontend, Flags: packet.SYN}
+	r := h.run(h.xdp, syn.Frame())
 	if r.verdict != xdpRedirect {
 		t.Fatalf("verdict %d, want redirect", r.verdict)
 	}
@@ -565,17 +574,17 @@ func (h *harness) setBackendsTable(id uint32) {
 func TestNoNeighbour(t *testing.T) {
 	h := newHarness(t, Config{}, nil)
 	be := Backend{Addr: BE32(netip.MustParseAddr("192.0.2.1")), Port: BE16(6443)}
-	if err := h.coll.Maps[MapBackends].Put(uint32(0), be); err != nil {
+	if err := h.maps.Backends.Put(uint32(0), be); err != nil {
 		t.Fatal(err)
 	}
 	h.setBackendsTable(0)
-	syn := testPacket{srcMAC: agentMAC, dstMAC: lbMAC, src: agent1, dst: frontend, flags: fSYN}
-	r := h.run(h.xdp, syn.bytes())
+	syn := packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: agent1, Dst: frontend, Flags: packet.SYN}
+	r := h.run(h.xdp, syn.Frame())
 	if r.verdict != xdpDrop {
 		t.Fatalf("verdict %d, want drop", r.verdict)
 	}
 	wantStats(t, "no neigh", r.stats, map[Stat]uint64{StatNoNeigh: 1})
-	if n := h.count(MapHalfOpen); n != 0 {
+	if n := h.count(TableHalfOpen); n != 0 {
 		t.Fatalf("%d half-open entries", n)
 	}
 }

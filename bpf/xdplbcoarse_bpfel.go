@@ -94,6 +94,7 @@ const (
 	xdplbCoarseVarTimeoutSynNs         = "timeout_syn_ns"
 	xdplbCoarseVarUnusedFlowDir        = "unused_flow_dir"
 	xdplbCoarseVarUnusedFlowState      = "unused_flow_state"
+	xdplbCoarseVarUnusedLimit          = "unused_limit"
 	xdplbCoarseVarUnusedStat           = "unused_stat"
 )
 
@@ -173,6 +174,7 @@ type xdplbCoarseVariableSpecs struct {
 	TimeoutSynNs         *ebpf.VariableSpec `ebpf:"timeout_syn_ns"`
 	UnusedFlowDir        *ebpf.VariableSpec `ebpf:"unused_flow_dir"`
 	UnusedFlowState      *ebpf.VariableSpec `ebpf:"unused_flow_state"`
+	UnusedLimit          *ebpf.VariableSpec `ebpf:"unused_limit"`
 	UnusedStat           *ebpf.VariableSpec `ebpf:"unused_stat"`
 }
 
@@ -235,6 +237,7 @@ type xdplbCoarseVariables struct {
 	TimeoutSynNs         *ebpf.Variable `ebpf:"timeout_syn_ns"`
 	UnusedFlowDir        *ebpf.Variable `ebpf:"unused_flow_dir"`
 	UnusedFlowState      *ebpf.Variable `ebpf:"unused_flow_state"`
+	UnusedLimit          *ebpf.Variable `ebpf:"unused_limit"`
 	UnusedStat           *ebpf.Variable `ebpf:"unused_stat"`
 }
 

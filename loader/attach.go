@@ -13,6 +13,8 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/xdplb/xdplb/bpf"
 )
 
 // XDP attach flags (linux/if_link.h).
@@ -50,30 +52,28 @@ func interfaceByName(name string) (netlink.Link, error) {
 // checkForeignProgram refuses to take over an interface that runs an XDP or
 // TC program of someone else (another xdplb instance included).
 func checkForeignProgram(opts Options, iface netlink.Link) error {
-	dir := PinDir(opts.BPFFS, opts.Instance)
-	ours := map[ebpf.ProgramID]bool{}
-	for _, name := range []string{pinProgXDP, pinProgTC} {
-		if id, _ := pinnedProgID(filepath.Join(dir, name)); id != 0 {
-			ours[id] = true
-		}
+	dir, err := bpf.InstanceDir(opts.BPFFS, opts.Instance)
+	if err != nil {
+		return err
 	}
+	mine := ourProgIDs(dir)
 	var attached []ebpf.ProgramID
 	if x := iface.Attrs().Xdp; x != nil && x.Attached && x.ProgId != 0 {
 		attached = append(attached, ebpf.ProgramID(x.ProgId))
 	}
-	if opts.Hook == HookTC {
+	if opts.Hook == bpf.HookTC {
 		ids, _ := tcProgIDs(iface)
 		attached = append(attached, ids...)
 	}
 	for _, id := range attached {
-		if ours[id] {
+		if _, ok := mine[id]; ok {
 			continue
 		}
 		if other := instanceOwning(opts.BPFFS, id); other != "" && other != opts.Instance {
 			return fmt.Errorf("%s already runs xdplb instance %q (prog id %d): stop it and run `xdplb detach --instance %s`, or use that instance",
 				iface.Attrs().Name, other, id, other)
 		}
-		if opts.Hook == HookXDP && iface.Attrs().Xdp != nil && ebpf.ProgramID(iface.Attrs().Xdp.ProgId) == id {
+		if opts.Hook == bpf.HookXDP && iface.Attrs().Xdp != nil && ebpf.ProgramID(iface.Attrs().Xdp.ProgId) == id {
 			return fmt.Errorf("%s already has an XDP program (prog id %d, %s) that is not xdplb instance %q's: "+
 				"remove it first (ip link set dev %s xdp off) or use --hook tc", iface.Attrs().Name, id, progName(id), opts.Instance, iface.Attrs().Name)
 		}
@@ -98,14 +98,48 @@ func progName(id ebpf.ProgramID) string {
 func instanceOwning(bpffs string, id ebpf.ProgramID) string {
 	names, _ := Instances(bpffs)
 	for _, n := range names {
-		dir := PinDir(bpffs, n)
-		for _, p := range []string{pinProgXDP, pinProgTC} {
-			if pid, _ := pinnedProgID(filepath.Join(dir, p)); pid == id {
-				return n
-			}
+		dir, _ := bpf.InstanceDir(bpffs, n)
+		if _, ok := ourProgIDs(dir)[id]; ok {
+			return n
 		}
 	}
 	return ""
+}
+
+// ourProgIDs are the programs pinned in an instance directory, by hook:
+// the one attached, and one pinned for a swap a crash may have cut short
+// after the swap (see pinNew), which is then the one attached.
+func ourProgIDs(dir string) map[ebpf.ProgramID]bpf.Hook {
+	ids := map[ebpf.ProgramID]bpf.Hook{}
+	for _, h := range bpf.Hooks {
+		for _, name := range []string{h.ProgPin(), h.ProgPin() + pinNewSuffix} {
+			if id, _ := pinnedProgID(filepath.Join(dir, name)); id != 0 {
+				ids[id] = h
+			}
+		}
+	}
+	return ids
+}
+
+// settleSwap finishes a swap that a crash cut short between attaching a
+// program and making its pin final: if the program pinned for the swap is
+// the one attached, its pin becomes the instance's; if not, the swap never
+// happened and the leftover pin goes.
+func settleSwap(dir string, hook bpf.Hook, attached []ebpf.ProgramID) error {
+	pending, err := pinnedProgID(filepath.Join(dir, hook.ProgPin()+pinNewSuffix))
+	if err != nil || pending == 0 {
+		return err
+	}
+	if containsID(attached, pending) {
+		return commitPin(dir, hook.ProgPin())
+	}
+	return os.Remove(filepath.Join(dir, hook.ProgPin()+pinNewSuffix))
+}
+
+// ours says whether id is one of the hook's programs pinned in dir.
+func ours(dir string, hook bpf.Hook, id ebpf.ProgramID) bool {
+	h, ok := ourProgIDs(dir)[id]
+	return ok && h == hook
 }
 
 func modeName(attachMode uint32) string {
@@ -123,17 +157,31 @@ func modeName(attachMode uint32) string {
 // attachXDP attaches prog, or swaps it in for the instance's attached
 // program: update the pinned link, or replace through netlink in the mode
 // it runs in. Never detach-then-attach, which would bounce the NIC and
-// drop packets in between.
+// drop packets in between. prog is pinned (pinNew) before it is attached
+// and the pin made final (commitPin) after, so whatever a crash
+// interrupts, the program on the interface is one the instance pinned.
 func attachXDP(opts Options, dir string, iface netlink.Link, prog *ebpf.Program) (Attachment, bool, error) {
-	att := Attachment{Iface: iface.Attrs().Name, Ifindex: iface.Attrs().Index, Hook: HookXDP}
-	linkPath := filepath.Join(dir, pinLinkXDP)
+	att := Attachment{Iface: iface.Attrs().Name, Ifindex: iface.Attrs().Index, Hook: bpf.HookXDP}
+	linkPath := filepath.Join(dir, bpf.HookXDP.LinkPin())
+	progPin := bpf.HookXDP.ProgPin()
+	var attached []ebpf.ProgramID
+	if x := iface.Attrs().Xdp; x != nil && x.Attached {
+		attached = append(attached, ebpf.ProgramID(x.ProgId))
+	}
+	if err := settleSwap(dir, bpf.HookXDP, attached); err != nil {
+		return att, false, err
+	}
+	if err := pinNew(prog, dir, progPin); err != nil {
+		return att, false, err
+	}
 
 	if l, err := link.LoadPinnedLink(linkPath, nil); err == nil {
 		defer l.Close()
 		if err := l.Update(prog); err != nil {
 			return att, false, fmt.Errorf("replace program on pinned xdp link: %w", err)
 		}
-		if err := repin(prog, dir, pinProgXDP); err != nil {
+		crashAt("replaced")
+		if err := commitPin(dir, progPin); err != nil {
 			return att, false, err
 		}
 		att.Via = "bpf_link"
@@ -141,8 +189,7 @@ func attachXDP(opts Options, dir string, iface netlink.Link, prog *ebpf.Program)
 		return att, true, nil
 	}
 
-	ourID, _ := pinnedProgID(filepath.Join(dir, pinProgXDP))
-	if x := iface.Attrs().Xdp; ourID != 0 && x != nil && x.Attached && ebpf.ProgramID(x.ProgId) == ourID {
+	if x := iface.Attrs().Xdp; x != nil && x.Attached && ours(dir, bpf.HookXDP, ebpf.ProgramID(x.ProgId)) {
 		flags := xdpFlagsDrvMode
 		if x.AttachMode == xdpAttachedSKB {
 			flags = xdpFlagsSKBMode
@@ -151,7 +198,8 @@ func attachXDP(opts Options, dir string, iface netlink.Link, prog *ebpf.Program)
 		if err := netlink.LinkSetXdpFdWithFlags(iface, prog.FD(), flags); err != nil {
 			return att, false, fmt.Errorf("replace xdp program on %s: %w", att.Iface, err)
 		}
-		if err := repin(prog, dir, pinProgXDP); err != nil {
+		crashAt("replaced")
+		if err := commitPin(dir, progPin); err != nil {
 			return att, false, err
 		}
 		att.Via = "netlink"
@@ -159,9 +207,9 @@ func attachXDP(opts Options, dir string, iface netlink.Link, prog *ebpf.Program)
 		return att, true, nil
 	}
 
-	modes := []XDPMode{opts.XDPMode}
-	if opts.XDPMode == XDPAuto {
-		modes = []XDPMode{XDPNative, XDPGeneric}
+	modes := []bpf.XDPMode{opts.XDPMode}
+	if opts.XDPMode == bpf.XDPAuto {
+		modes = []bpf.XDPMode{bpf.XDPNative, bpf.XDPGeneric}
 	}
 	var reasons []string
 	for _, mode := range modes {
@@ -170,7 +218,7 @@ func attachXDP(opts Options, dir string, iface netlink.Link, prog *ebpf.Program)
 			reasons = append(reasons, fmt.Sprintf("%s: %v", mode, err))
 			continue
 		}
-		if err := repin(prog, dir, pinProgXDP); err != nil {
+		if err := commitPin(dir, progPin); err != nil {
 			detachXDPNow(linkPath, iface, mode)
 			return att, false, err
 		}
@@ -181,8 +229,9 @@ func attachXDP(opts Options, dir string, iface netlink.Link, prog *ebpf.Program)
 		}
 		return att, false, nil
 	}
+	os.Remove(filepath.Join(dir, progPin+pinNewSuffix))
 	hint := ""
-	if opts.XDPMode == XDPNative {
+	if opts.XDPMode == bpf.XDPNative {
 		hint = ": the driver refused native mode (virtio_net with LRO/too many queues or a large MTU?); retry with --xdp-mode generic or --hook tc"
 	}
 	return att, false, fmt.Errorf("attach xdp to %s: %s%s", att.Iface, strings.Join(reasons, "; "), hint)
@@ -190,10 +239,10 @@ func attachXDP(opts Options, dir string, iface netlink.Link, prog *ebpf.Program)
 
 // attachXDPMode tries bpf_link first (5.9+), netlink where links are not
 // supported for XDP.
-func attachXDPMode(iface netlink.Link, prog *ebpf.Program, mode XDPMode, linkPath string, noLink bool) (string, error) {
+func attachXDPMode(iface netlink.Link, prog *ebpf.Program, mode bpf.XDPMode, linkPath string, noLink bool) (string, error) {
 	lflags := link.XDPDriverMode
 	nflags := xdpFlagsDrvMode
-	if mode == XDPGeneric {
+	if mode == bpf.XDPGeneric {
 		lflags = link.XDPGenericMode
 		nflags = xdpFlagsSKBMode
 	}
@@ -232,14 +281,14 @@ func currentXDPMode(iface netlink.Link) string {
 	return modeName(l.Attrs().Xdp.AttachMode)
 }
 
-func detachXDPNow(linkPath string, iface netlink.Link, mode XDPMode) {
+func detachXDPNow(linkPath string, iface netlink.Link, mode bpf.XDPMode) {
 	if l, err := link.LoadPinnedLink(linkPath, nil); err == nil {
 		l.Unpin()
 		l.Close()
 		return
 	}
 	flags := xdpFlagsDrvMode
-	if mode == XDPGeneric {
+	if mode == bpf.XDPGeneric {
 		flags = xdpFlagsSKBMode
 	}
 	netlink.LinkSetXdpFdWithFlags(iface, -1, flags)
@@ -252,33 +301,45 @@ const (
 )
 
 // attachTC attaches prog on ingress: tcx link where the kernel has it
-// (6.6+), a clsact bpf filter (direct-action) otherwise.
+// (6.6+), a clsact bpf filter (direct-action) otherwise. Pins as attachXDP.
 func attachTC(opts Options, dir string, iface netlink.Link, prog *ebpf.Program) (Attachment, bool, error) {
-	att := Attachment{Iface: iface.Attrs().Name, Ifindex: iface.Attrs().Index, Hook: HookTC}
-	linkPath := filepath.Join(dir, pinLinkTC)
+	att := Attachment{Iface: iface.Attrs().Name, Ifindex: iface.Attrs().Index, Hook: bpf.HookTC}
+	linkPath := filepath.Join(dir, bpf.HookTC.LinkPin())
+	progPin := bpf.HookTC.ProgPin()
+	attached, _ := tcProgIDs(iface)
+	attached = append(attached, tcxProgIDs(iface)...)
+	if err := settleSwap(dir, bpf.HookTC, attached); err != nil {
+		return att, false, err
+	}
+	if err := pinNew(prog, dir, progPin); err != nil {
+		return att, false, err
+	}
 	if l, err := link.LoadPinnedLink(linkPath, nil); err == nil {
 		defer l.Close()
 		if err := l.Update(prog); err != nil {
 			return att, false, fmt.Errorf("replace program on pinned tcx link: %w", err)
 		}
-		if err := repin(prog, dir, pinProgTC); err != nil {
+		crashAt("replaced")
+		if err := commitPin(dir, progPin); err != nil {
 			return att, false, err
 		}
 		att.Via, att.Mode = "bpf_link", "tcx"
 		return att, true, nil
 	}
-	ourID, _ := pinnedProgID(filepath.Join(dir, pinProgTC))
-	if ourID != 0 {
-		if ids, _ := tcProgIDs(iface); containsID(ids, ourID) {
-			if err := netlink.FilterReplace(tcFilter(iface, prog)); err != nil {
-				return att, false, fmt.Errorf("replace tc filter on %s: %w", att.Iface, err)
-			}
-			if err := repin(prog, dir, pinProgTC); err != nil {
-				return att, false, err
-			}
-			att.Via, att.Mode = "netlink", "clsact"
-			return att, true, nil
+	ids, _ := tcProgIDs(iface)
+	for _, id := range ids {
+		if !ours(dir, bpf.HookTC, id) {
+			continue
 		}
+		if err := netlink.FilterReplace(tcFilter(iface, prog)); err != nil {
+			return att, false, fmt.Errorf("replace tc filter on %s: %w", att.Iface, err)
+		}
+		crashAt("replaced")
+		if err := commitPin(dir, progPin); err != nil {
+			return att, false, err
+		}
+		att.Via, att.Mode = "netlink", "clsact"
+		return att, true, nil
 	}
 
 	var l link.Link
@@ -292,7 +353,7 @@ func attachTC(opts Options, dir string, iface netlink.Link, prog *ebpf.Program) 
 			return att, false, fmt.Errorf("pin tcx link: %w", err)
 		}
 		l.Close()
-		if err := repin(prog, dir, pinProgTC); err != nil {
+		if err := commitPin(dir, progPin); err != nil {
 			detachTCNow(linkPath, iface)
 			return att, false, err
 		}
@@ -312,7 +373,7 @@ func attachTC(opts Options, dir string, iface netlink.Link, prog *ebpf.Program) 
 	if err := netlink.FilterAdd(tcFilter(iface, prog)); err != nil {
 		return att, false, fmt.Errorf("add tc filter to %s: %w", att.Iface, err)
 	}
-	if err := repin(prog, dir, pinProgTC); err != nil {
+	if err := commitPin(dir, progPin); err != nil {
 		detachTCNow(linkPath, iface)
 		return att, false, err
 	}
@@ -383,12 +444,12 @@ func removeEmptyClsact(iface netlink.Link) {
 // Attached verifies in the kernel that the instance's pinned program is the
 // one attached (on any interface of this namespace), and says where.
 func Attached(bpffs, instance string) (Attachment, error) {
-	dir := PinDir(bpffs, instance)
-	for _, hk := range []struct {
-		hook     Hook
-		prog, ln string
-	}{{HookXDP, pinProgXDP, pinLinkXDP}, {HookTC, pinProgTC, pinLinkTC}} {
-		id, err := pinnedProgID(filepath.Join(dir, hk.prog))
+	dir, err := bpf.InstanceDir(bpffs, instance)
+	if err != nil {
+		return Attachment{}, err
+	}
+	for _, hook := range bpf.Hooks {
+		id, err := pinnedProgID(filepath.Join(dir, hook.ProgPin()))
 		if err != nil {
 			return Attachment{}, err
 		}
@@ -400,11 +461,11 @@ func Attached(bpffs, instance string) (Attachment, error) {
 			return Attachment{}, err
 		}
 		for _, l := range links {
-			att := Attachment{Iface: l.Attrs().Name, Ifindex: l.Attrs().Index, Hook: hk.hook, ProgID: id}
-			if hk.hook == HookXDP {
+			att := Attachment{Iface: l.Attrs().Name, Ifindex: l.Attrs().Index, Hook: hook, ProgID: id}
+			if hook == bpf.HookXDP {
 				if x := l.Attrs().Xdp; x != nil && x.Attached && ebpf.ProgramID(x.ProgId) == id {
 					att.Mode = modeName(x.AttachMode)
-					att.Via = viaOf(filepath.Join(dir, hk.ln))
+					att.Via = viaOf(filepath.Join(dir, hook.LinkPin()))
 					return att, nil
 				}
 				continue
@@ -431,29 +492,41 @@ func viaOf(linkPath string) string {
 }
 
 // tcxHas says whether program id is attached through tcx ingress on l.
-func tcxHas(l netlink.Link, id ebpf.ProgramID) bool {
+func tcxHas(l netlink.Link, id ebpf.ProgramID) bool { return containsID(tcxProgIDs(l), id) }
+
+// tcxProgIDs lists the programs attached through tcx ingress on l (none
+// before 6.6).
+func tcxProgIDs(l netlink.Link) []ebpf.ProgramID {
 	res, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: ebpf.AttachTCXIngress})
 	if err != nil {
-		return false
+		return nil
 	}
+	var ids []ebpf.ProgramID
 	for _, p := range res.Programs {
-		if p.ID == id {
-			return true
-		}
+		ids = append(ids, p.ID)
 	}
-	return false
+	return ids
 }
 
 // Detach removes an instance: its attachment on every interface, its pins
-// and the pin directory. Detaching what is not there is not an error.
+// and the pin directory. Only what xdplb pins there is unlinked; the
+// directory goes only if nothing else is in it. Detaching what is not
+// there is not an error.
 func Detach(bpffs, instance string) error {
-	dir := PinDir(bpffs, instance)
+	dir, err := bpf.InstanceDir(bpffs, instance)
+	if err != nil {
+		return err
+	}
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
+	spec, err := bpf.EmbeddedSpec()
+	if err != nil {
+		return err
+	}
 	var errs []error
-	for _, ln := range []string{pinLinkXDP, pinLinkTC} {
-		l, err := link.LoadPinnedLink(filepath.Join(dir, ln), nil)
+	for _, hook := range bpf.Hooks {
+		l, err := link.LoadPinnedLink(filepath.Join(dir, hook.LinkPin()), nil)
 		if err != nil {
 			continue
 		}
@@ -467,8 +540,12 @@ func Detach(bpffs, instance string) error {
 		}
 		l.Close()
 	}
-	if id, _ := pinnedProgID(filepath.Join(dir, pinProgXDP)); id != 0 {
-		links, _ := netlink.LinkList()
+	progs := ourProgIDs(dir)
+	links, _ := netlink.LinkList()
+	for id, hook := range progs {
+		if hook != bpf.HookXDP {
+			continue
+		}
 		for _, l := range links {
 			if x := l.Attrs().Xdp; x != nil && x.Attached && ebpf.ProgramID(x.ProgId) == id {
 				flags := xdpFlagsDrvMode
@@ -481,19 +558,30 @@ func Detach(bpffs, instance string) error {
 			}
 		}
 	}
-	if id, _ := pinnedProgID(filepath.Join(dir, pinProgTC)); id != 0 {
-		links, _ := netlink.LinkList()
+	for id, hook := range progs {
+		if hook != bpf.HookTC {
+			continue
+		}
 		for _, l := range links {
 			if ids, _ := tcProgIDs(l); containsID(ids, id) {
-				detachTCNow(filepath.Join(dir, pinLinkTC), l)
+				detachTCNow(filepath.Join(dir, bpf.HookTC.LinkPin()), l)
 			}
 		}
 	}
-	if err := os.RemoveAll(dir); err != nil {
-		errs = append(errs, fmt.Errorf("remove %s: %w", dir, err))
+	if err := removeInstance(bpffs, instance, dir, pinNames(spec)); err != nil {
+		errs = append(errs, err)
 	}
-	os.Remove(filepath.Dir(dir)) // the xdplb/ directory, if now empty
 	return errors.Join(errs...)
+}
+
+// removeInstance unlinks an instance's pins and its directory, and the
+// xdplb/ directory if it is then empty.
+func removeInstance(bpffs, instance, dir string, names []string) error {
+	if err := removePins(dir, names); err != nil {
+		return fmt.Errorf("instance %q: %w", instance, err)
+	}
+	unix.Rmdir(bpf.StateDir(bpffs)) // only if now empty
+	return nil
 }
 
 // detachXDPNetlink removes program id from l. EBUSY means a bpf_link holds

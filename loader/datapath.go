@@ -7,15 +7,14 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/xdplb/xdplb/bpf"
-	"github.com/xdplb/xdplb/control"
 )
 
-// Datapath gives the control plane its view of the pinned maps
-// (control.Datapath).
-type Datapath struct{ M *Maps }
+// Datapath is the control plane's view of an instance's pinned maps: the
+// operations the balancer needs (its Datapath interface, which lives with
+// it in control/balancer; the daemon asserts that this type satisfies it).
+type Datapath struct{ M *bpf.Maps }
 
-var _ control.Datapath = Datapath{}
-
+// Backends returns the used backend slots.
 func (d Datapath) Backends() (map[uint32]bpf.Backend, error) {
 	out := map[uint32]bpf.Backend{}
 	var id uint32
@@ -29,49 +28,36 @@ func (d Datapath) Backends() (map[uint32]bpf.Backend, error) {
 	return out, it.Err()
 }
 
+// PutBackend writes a backend slot.
 func (d Datapath) PutBackend(id uint32, b bpf.Backend) error { return d.M.Backends.Put(id, b) }
 
+// ActiveMaglev says which half of the maglev map the data path reads.
 func (d Datapath) ActiveMaglev() (uint32, error) {
 	var c bpf.LBControl
 	err := d.M.Control.Lookup(uint32(0), &c)
 	return c.MaglevActive, err
 }
 
+// PutMaglev writes a table into one half of the maglev map.
 func (d Datapath) PutMaglev(half uint32, table []uint32) error {
-	if len(table) != bpf.MaglevSize {
-		return fmt.Errorf("maglev table of %d slots, want %d", len(table), bpf.MaglevSize)
-	}
-	keys := make([]uint32, len(table))
-	for i := range keys {
-		keys[i] = half*bpf.MaglevSize + uint32(i)
-	}
-	if _, err := d.M.Maglev.BatchUpdate(keys, table, nil); err == nil {
-		return nil
-	} else if !errors.Is(err, ebpf.ErrNotSupported) {
-		return err
-	}
-	// Kernels before 5.6 have no batch operations.
-	for i, k := range keys {
-		if err := d.M.Maglev.Put(k, table[i]); err != nil {
-			return err
-		}
-	}
-	return nil
+	return bpf.PutMaglev(d.M.Maglev, half, table)
 }
 
+// SetActiveMaglev makes a half live, in one store.
 func (d Datapath) SetActiveMaglev(half uint32) error {
 	return d.M.Control.Put(uint32(0), bpf.LBControl{MaglevActive: half})
 }
 
-func (d Datapath) table(t control.FlowTable) *ebpf.Map {
-	if t == control.TableHalfOpen {
+func (d Datapath) table(t bpf.FlowTable) *ebpf.Map {
+	if t == bpf.TableHalfOpen {
 		return d.M.HalfOpen
 	}
 	return d.M.Flows
 }
 
-func (d Datapath) ForEachFlow(fn func(t control.FlowTable, k bpf.FlowKey, f bpf.Flow)) error {
-	for _, t := range []control.FlowTable{control.TableEstablished, control.TableHalfOpen} {
+// ForEachFlow calls fn with every entry of both flow tables.
+func (d Datapath) ForEachFlow(fn func(t bpf.FlowTable, k bpf.FlowKey, f bpf.Flow)) error {
+	for _, t := range bpf.FlowTables {
 		var k bpf.FlowKey
 		var f bpf.Flow
 		it := d.table(t).Iterate()
@@ -85,7 +71,8 @@ func (d Datapath) ForEachFlow(fn func(t control.FlowTable, k bpf.FlowKey, f bpf.
 	return nil
 }
 
-func (d Datapath) DeleteFlows(t control.FlowTable, keys []bpf.FlowKey) error {
+// DeleteFlows deletes entries; ones already gone are not an error.
+func (d Datapath) DeleteFlows(t bpf.FlowTable, keys []bpf.FlowKey) error {
 	var errs []error
 	for _, k := range keys {
 		if err := d.table(t).Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -95,14 +82,17 @@ func (d Datapath) DeleteFlows(t control.FlowTable, keys []bpf.FlowKey) error {
 	return errors.Join(errs...)
 }
 
+// Refused returns when the data path last saw backend id refuse a SYN (0: never).
 func (d Datapath) Refused(id uint32) (uint64, error) {
 	var ts uint64
 	err := d.M.BackendRefused.Lookup(id, &ts)
 	return ts, err
 }
 
+// ClearRefused clears backend id's refusal flag.
 func (d Datapath) ClearRefused(id uint32) error { return d.M.BackendRefused.Put(id, uint64(0)) }
 
+// Stats sums the per-CPU packet counters, indexed by bpf.Stat.
 func (d Datapath) Stats() ([]uint64, error) {
 	out := make([]uint64, bpf.StatCount)
 	for i := range out {
@@ -117,6 +107,7 @@ func (d Datapath) Stats() ([]uint64, error) {
 	return out, nil
 }
 
+// BackendCounters sums backend id's per-CPU counters.
 func (d Datapath) BackendCounters(id uint32) (bpf.BackendCounters, error) {
 	var per []bpf.BackendCounters
 	var sum bpf.BackendCounters
@@ -130,3 +121,6 @@ func (d Datapath) BackendCounters(id uint32) (bpf.BackendCounters, error) {
 	}
 	return sum, nil
 }
+
+// TableCapacity is the number of entries a flow table holds.
+func (d Datapath) TableCapacity(t bpf.FlowTable) uint32 { return d.table(t).MaxEntries() }

@@ -1,8 +1,13 @@
-// Package loader is xdplb's boundary with the kernel: it loads the data
-// path with its load-time constants, pins its maps and programs under
+// Package loader is xdplb's boundary with the kernel's BPF: it loads the
+// data path with its load-time constants, pins its maps and program under
 // <bpffs>/xdplb/<instance>/, attaches it to an interface (bpf_link where the
 // kernel has it, netlink where it doesn't), replaces it atomically on
-// restart while keeping the pinned connection table, and detaches it.
+// restart while keeping the pinned connection table, detaches it, and gives
+// the control plane the pinned maps (Datapath).
+//
+// It may touch BPF objects, bpffs and the interface's attachments (through
+// netlink), and nothing else of the node. Of xdplb it imports only bpf: it
+// knows nothing of configuration files, health or balancing.
 package loader
 
 import (
@@ -11,6 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -20,33 +26,13 @@ import (
 	"github.com/xdplb/xdplb/bpf"
 )
 
-// Hook is where the program runs.
-type Hook string
-
-const (
-	HookXDP Hook = "xdp"
-	HookTC  Hook = "tc"
-)
-
-// XDPMode is the XDP attach mode asked for.
-type XDPMode string
-
-const (
-	XDPAuto    XDPMode = "auto"
-	XDPNative  XDPMode = "native"
-	XDPGeneric XDPMode = "generic"
-)
-
-// DefaultBPFFS is where bpffs lives unless told otherwise.
-const DefaultBPFFS = "/sys/fs/bpf"
-
 // Options say what to load and where.
 type Options struct {
-	BPFFS    string // bpffs mount point; default DefaultBPFFS
+	BPFFS    string // bpffs mount point; default bpf.DefaultBPFFS
 	Instance string
 	Iface    string
-	Hook     Hook
-	XDPMode  XDPMode
+	Hook     bpf.Hook
+	XDPMode  bpf.XDPMode
 	Data     bpf.Config
 	// Verbose makes verifier errors print whole.
 	Verbose bool
@@ -57,24 +43,11 @@ type Options struct {
 	Logger *slog.Logger
 }
 
-// Maps are the data path's maps, pinned.
-type Maps struct {
-	Flows, HalfOpen, Backends, BackendRefused, Maglev, Control, Stats, BackendStats *ebpf.Map
-}
-
-func (m *Maps) close() {
-	for _, mp := range []*ebpf.Map{m.Flows, m.HalfOpen, m.Backends, m.BackendRefused, m.Maglev, m.Control, m.Stats, m.BackendStats} {
-		if mp != nil {
-			mp.Close()
-		}
-	}
-}
-
 // Attachment describes how the program is attached.
 type Attachment struct {
 	Iface   string
 	Ifindex int
-	Hook    Hook
+	Hook    bpf.Hook
 	Mode    string // native, generic (XDP); tcx, clsact (TC)
 	Via     string // bpf_link or netlink
 	ProgID  ebpf.ProgramID
@@ -94,7 +67,7 @@ func (a Attachment) String() string {
 // Instance is a loaded, pinned and attached data path.
 type Instance struct {
 	Dir        string
-	Maps       Maps
+	Maps       *bpf.Maps
 	Prog       *ebpf.Program
 	Attachment Attachment
 	// Replaced is true when an already attached instance was upgraded in
@@ -104,48 +77,57 @@ type Instance struct {
 
 // Close releases this process's handles; pins and attachment stay.
 func (i *Instance) Close() {
-	i.Maps.close()
+	if i.Maps != nil {
+		i.Maps.Close()
+	}
 	if i.Prog != nil {
 		i.Prog.Close()
 	}
 }
 
-// PinDir is the directory holding an instance's pins.
-func PinDir(bpffs, instance string) string {
-	if bpffs == "" {
-		bpffs = DefaultBPFFS
+// crashPoint, when set (by the loader's tests only), is called at each
+// step of Start that a crash could interrupt, with the step's name; the
+// test's child process kills itself there.
+var crashPoint func(step string)
+
+func crashAt(step string) {
+	if crashPoint != nil {
+		crashPoint(step)
 	}
-	return filepath.Join(bpffs, "xdplb", instance)
 }
 
-const (
-	pinLinkXDP = "link_xdp"
-	pinLinkTC  = "link_tc"
-	pinProgXDP = "prog_xdp"
-	pinProgTC  = "prog_tc"
-)
-
-var mapNames = []string{bpf.MapFlows, bpf.MapHalfOpen, bpf.MapBackends, bpf.MapBackendRefused,
-	bpf.MapMaglev, bpf.MapControl, bpf.MapStats, bpf.MapBackendStats}
-
 // Start loads, pins and attaches the data path, or upgrades an instance
-// that is already attached: the new program is loaded against the pinned
-// maps and swapped in atomically, so no tracked connection is lost. On
-// error nothing new is left attached or pinned.
+// that already exists: the new program is loaded against the pinned maps
+// and swapped in atomically, so no tracked connection is lost.
+//
+// A new instance is built in a temporary directory next to its final one
+// (maps and program pinned there) and renamed into place before anything
+// is attached, so the instance directory exists only whole: a start killed
+// at any point leaves either nothing the next start would mistake for an
+// instance, or a whole instance the next start takes over. On error
+// nothing new is left attached or pinned.
 func Start(opts Options) (_ *Instance, err error) {
 	if opts.BPFFS == "" {
-		opts.BPFFS = DefaultBPFFS
+		opts.BPFFS = bpf.DefaultBPFFS
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	if opts.Hook != HookXDP && opts.Hook != HookTC {
+	if opts.Hook != bpf.HookXDP && opts.Hook != bpf.HookTC {
 		return nil, fmt.Errorf("hook %q: want xdp or tc", opts.Hook)
 	}
 	if opts.XDPMode == "" {
-		opts.XDPMode = XDPAuto
+		opts.XDPMode = bpf.XDPAuto
+	}
+	dir, err := bpf.InstanceDir(opts.BPFFS, opts.Instance)
+	if err != nil {
+		return nil, err
 	}
 	iface, err := interfaceByName(opts.Iface)
+	if err != nil {
+		return nil, err
+	}
+	spec, err := bpf.LoadSpec(opts.Data)
 	if err != nil {
 		return nil, err
 	}
@@ -155,81 +137,79 @@ func Start(opts Options) (_ *Instance, err error) {
 	if err := ensureBPFFS(opts.BPFFS); err != nil {
 		return nil, err
 	}
-	dir := PinDir(opts.BPFFS, opts.Instance)
+	if err := os.MkdirAll(bpf.StateDir(opts.BPFFS), 0o700); err != nil {
+		return nil, fmt.Errorf("create %s: %w", bpf.StateDir(opts.BPFFS), err)
+	}
+	names := pinNames(spec)
+	removeStaleBuilds(opts.BPFFS, opts.Instance, names, opts.Logger)
+
 	fresh := false
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		fresh = true
+	} else if err != nil {
+		return nil, fmt.Errorf("instance %q: %w", opts.Instance, err)
 	}
-	if err := checkHookConflict(dir, opts.Hook); err != nil {
-		return nil, err
+	if !fresh {
+		if err := checkHookConflict(dir, opts.Hook); err != nil {
+			return nil, err
+		}
 	}
 	if err := checkForeignProgram(opts, iface); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create pin directory: %w", err)
-	}
-	defer func() {
-		if err != nil && fresh {
-			os.RemoveAll(dir)
-		}
-	}()
 
-	spec, err := bpf.LoadSpec(opts.Data)
+	pinDir := dir
+	if fresh {
+		pinDir = filepath.Join(bpf.StateDir(opts.BPFFS), buildDirPrefix(opts.Instance)+strconv.Itoa(os.Getpid()))
+		if err := os.Mkdir(pinDir, 0o700); err != nil {
+			return nil, fmt.Errorf("create %s: %w", pinDir, err)
+		}
+		defer func() {
+			if err != nil {
+				// Whatever the step that failed, the build directory
+				// (or, once renamed, the instance) holds only our pins.
+				if _, serr := os.Stat(pinDir); serr == nil {
+					removePins(pinDir, names)
+				} else {
+					removeInstance(opts.BPFFS, opts.Instance, dir, names)
+				}
+			}
+		}()
+	}
+
+	inst, err := load(spec, opts, pinDir)
 	if err != nil {
 		return nil, err
 	}
-	for _, name := range mapNames {
-		spec.Maps[name].Pinning = ebpf.PinByName
-	}
-	progName := bpf.ProgXDP
-	if opts.Hook == HookTC {
-		progName = bpf.ProgTC
-	}
-	// Load only the program this hook runs.
-	for name := range spec.Programs {
-		if name != progName {
-			delete(spec.Programs, name)
-		}
-	}
-	copts := ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: dir}}
-	if opts.Verbose {
-		copts.Programs.LogLevel = ebpf.LogLevelInstruction
-	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, copts)
-	if err != nil {
-		return nil, loadError(err, dir, opts)
-	}
-	inst := &Instance{Dir: dir, Prog: coll.Programs[progName]}
-	delete(coll.Programs, progName)
-	inst.Maps = Maps{
-		Flows: coll.Maps[bpf.MapFlows], HalfOpen: coll.Maps[bpf.MapHalfOpen], Backends: coll.Maps[bpf.MapBackends],
-		BackendRefused: coll.Maps[bpf.MapBackendRefused], Maglev: coll.Maps[bpf.MapMaglev],
-		Control: coll.Maps[bpf.MapControl], Stats: coll.Maps[bpf.MapStats], BackendStats: coll.Maps[bpf.MapBackendStats],
-	}
-	for _, name := range mapNames {
-		delete(coll.Maps, name)
-	}
-	coll.Close() // the internal .rodata/.bss handles; the program holds its own
 	defer func() {
 		if err != nil {
 			inst.Close()
 		}
 	}()
-
-	if err := initControl(inst.Maps.Control); err != nil {
-		return nil, err
+	crashAt("loaded")
+	if fresh {
+		if err := repin(inst.Prog, pinDir, opts.Hook.ProgPin()); err != nil {
+			return nil, err
+		}
+		crashAt("pinned")
+		if err := os.Rename(pinDir, dir); err != nil {
+			return nil, fmt.Errorf("move instance %q into place: %w", opts.Instance, err)
+		}
+		crashAt("renamed")
 	}
+	inst.Dir = dir
+
 	var att Attachment
 	switch opts.Hook {
-	case HookXDP:
+	case bpf.HookXDP:
 		att, inst.Replaced, err = attachXDP(opts, dir, iface, inst.Prog)
-	case HookTC:
+	case bpf.HookTC:
 		att, inst.Replaced, err = attachTC(opts, dir, iface, inst.Prog)
 	}
 	if err != nil {
 		return nil, err
 	}
+	crashAt("attached")
 	if info, ierr := inst.Prog.Info(); ierr == nil {
 		att.ProgID, _ = info.ID()
 		if insns, ierr := info.Instructions(); ierr == nil {
@@ -241,14 +221,127 @@ func Start(opts Options) (_ *Instance, err error) {
 	return inst, nil
 }
 
-// initControl makes sure the control entry exists (it does: array maps
-// are zeroed), and leaves an existing instance's live table as it is.
-func initControl(m *ebpf.Map) error {
-	var c bpf.LBControl
-	if err := m.Lookup(uint32(0), &c); err != nil {
-		return fmt.Errorf("read control map: %w", err)
+// load loads the maps (pinned by name in pinDir, reused where pinned
+// already) and the one program the hook runs.
+func load(spec *ebpf.CollectionSpec, opts Options, pinDir string) (*Instance, error) {
+	for name, m := range spec.Maps {
+		if isDataPathMap(name) {
+			m.Pinning = ebpf.PinByName
+		}
 	}
-	return nil
+	// Load only the program this hook runs.
+	for name := range spec.Programs {
+		if name != opts.Hook.Prog() {
+			delete(spec.Programs, name)
+		}
+	}
+	copts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}}
+	if opts.Verbose {
+		copts.Programs.LogLevel = ebpf.LogLevelInstruction
+	}
+	var maps bpf.Maps
+	var prog *ebpf.Program
+	var err error
+	switch opts.Hook {
+	case bpf.HookXDP:
+		var objs struct {
+			bpf.Maps
+			Prog *ebpf.Program `ebpf:"xdplb_xdp"`
+		}
+		err = spec.LoadAndAssign(&objs, copts)
+		maps, prog = objs.Maps, objs.Prog
+	case bpf.HookTC:
+		var objs struct {
+			bpf.Maps
+			Prog *ebpf.Program `ebpf:"xdplb_tc"`
+		}
+		err = spec.LoadAndAssign(&objs, copts)
+		maps, prog = objs.Maps, objs.Prog
+	}
+	if err != nil {
+		return nil, loadError(err, pinDir, opts)
+	}
+	return &Instance{Maps: &maps, Prog: prog}, nil
+}
+
+// isDataPathMap tells the data path's maps from the internal ones
+// (.rodata, .bss) that hold global variables and are never pinned.
+func isDataPathMap(name string) bool { return !strings.HasPrefix(name, ".") }
+
+// pinNames lists every name xdplb pins in an instance directory: the data
+// path's maps, and each hook's program and link.
+func pinNames(spec *ebpf.CollectionSpec) []string {
+	var names []string
+	for name := range spec.Maps {
+		if isDataPathMap(name) {
+			names = append(names, name)
+		}
+	}
+	for _, h := range bpf.Hooks {
+		names = append(names, h.ProgPin(), h.LinkPin(), h.ProgPin()+pinNewSuffix)
+	}
+	return names
+}
+
+// buildDirPrefix names the temporary directories an instance is built in:
+// _build-<instance>-<pid> (bpffs refuses dots; an instance name never starts
+// with "_", so no instance is mistaken for a build).
+func buildDirPrefix(instance string) string { return "_build-" + instance + "-" }
+
+// removeStaleBuilds removes the build directories of this instance that a
+// start killed before its rename left behind (their process is gone):
+// only the pins xdplb makes are unlinked, then the empty directory.
+func removeStaleBuilds(bpffs, instance string, names []string, log *slog.Logger) {
+	entries, err := os.ReadDir(bpf.StateDir(bpffs))
+	if err != nil {
+		return
+	}
+	prefix := buildDirPrefix(instance)
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), prefix)
+		if !ok || !e.IsDir() {
+			continue
+		}
+		pid, err := strconv.Atoi(rest)
+		if err != nil || pid <= 0 || processAlive(pid) {
+			continue
+		}
+		dir := filepath.Join(bpf.StateDir(bpffs), e.Name())
+		if err := removePins(dir, names); err != nil {
+			log.Warn("stale build directory of a killed start left in place", "dir", dir, "err", err)
+			continue
+		}
+		log.Info("removed the build directory of a start that was killed", "dir", dir)
+	}
+}
+
+func processAlive(pid int) bool {
+	err := unix.Kill(pid, 0)
+	return err == nil || errors.Is(err, unix.EPERM)
+}
+
+// removePins unlinks the names xdplb pins in dir, then removes dir if it
+// is empty. Anything else found there is left alone, and reported.
+func removePins(dir string, names []string) error {
+	var errs []error
+	for _, n := range names {
+		if err := os.Remove(filepath.Join(dir, n)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if err := unix.Rmdir(dir); err != nil && !errors.Is(err, unix.ENOENT) {
+		if errors.Is(err, unix.ENOTEMPTY) {
+			left, _ := os.ReadDir(dir)
+			var ls []string
+			for _, e := range left {
+				ls = append(ls, e.Name())
+			}
+			errs = append(errs, fmt.Errorf("%s holds files xdplb did not pin (%s): left in place", dir, strings.Join(ls, ", ")))
+		} else {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func loadError(err error, dir string, opts Options) error {
@@ -271,13 +364,14 @@ func loadError(err error, dir string, opts Options) error {
 
 // checkHookConflict refuses to start an instance on a hook other than the
 // one it is attached with: the two would both translate packets.
-func checkHookConflict(dir string, hook Hook) error {
-	other, otherHook := pinProgTC, HookTC
-	if hook == HookTC {
-		other, otherHook = pinProgXDP, HookXDP
-	}
-	if _, err := os.Stat(filepath.Join(dir, other)); err == nil {
-		return fmt.Errorf("this instance is attached on the %s hook: run `xdplb detach` before switching to %s", otherHook, hook)
+func checkHookConflict(dir string, hook bpf.Hook) error {
+	for _, other := range bpf.Hooks {
+		if other == hook {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(dir, other.ProgPin())); err == nil {
+			return fmt.Errorf("this instance is attached on the %s hook: run `xdplb detach` before switching to %s", other, hook)
+		}
 	}
 	return nil
 }
@@ -299,7 +393,7 @@ func ensureBPFFS(root string) error {
 
 // Instances lists the instance names pinned under bpffs.
 func Instances(bpffs string) ([]string, error) {
-	entries, err := os.ReadDir(filepath.Join(bpffsOrDefault(bpffs), "xdplb"))
+	entries, err := os.ReadDir(bpf.StateDir(bpffs))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -308,18 +402,11 @@ func Instances(bpffs string) ([]string, error) {
 	}
 	var out []string
 	for _, e := range entries {
-		if e.IsDir() && !strings.HasPrefix(e.Name(), ".") {
+		if e.IsDir() && bpf.ValidateInstance(e.Name()) == nil {
 			out = append(out, e.Name())
 		}
 	}
 	return out, nil
-}
-
-func bpffsOrDefault(s string) string {
-	if s == "" {
-		return DefaultBPFFS
-	}
-	return s
 }
 
 // pinnedProgID returns the ID of a pinned program, 0 if none is pinned.
@@ -340,44 +427,76 @@ func pinnedProgID(path string) (ebpf.ProgramID, error) {
 	return id, nil
 }
 
+// pinNewSuffix names the pin a program is first made under before it is
+// renamed over the old one (bpffs refuses names with dots).
+const pinNewSuffix = "_new"
+
 // repin pins prog at dir/name, replacing a program pinned there before.
 func repin(prog *ebpf.Program, dir, name string) error {
-	path := filepath.Join(dir, name)
-	tmp := path + "_new" // bpffs refuses names with dots
+	if err := pinNew(prog, dir, name); err != nil {
+		return err
+	}
+	return commitPin(dir, name)
+}
+
+// pinNew pins prog at dir/name_new, the name a program is pinned under
+// while it is being swapped in.
+func pinNew(prog *ebpf.Program, dir, name string) error {
+	tmp := filepath.Join(dir, name+pinNewSuffix)
 	os.Remove(tmp)
 	if err := prog.Pin(tmp); err != nil {
 		return fmt.Errorf("pin program: %w", err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
+	return nil
+}
+
+// commitPin renames dir/name_new over dir/name.
+func commitPin(dir, name string) error {
+	path := filepath.Join(dir, name)
+	if err := os.Rename(path+pinNewSuffix, path); err != nil {
+		os.Remove(path + pinNewSuffix)
 		return fmt.Errorf("pin program: %w", err)
 	}
 	return nil
 }
 
 // OpenMaps opens an instance's pinned maps, for inspection without the
-// daemon (flows, counters).
-func OpenMaps(bpffs, instance string) (*Maps, error) {
-	dir := PinDir(bpffs, instance)
+// daemon (flows, counters). It never creates a map.
+func OpenMaps(bpffs, instance string) (*bpf.Maps, error) {
+	dir, err := bpf.InstanceDir(bpffs, instance)
+	if err != nil {
+		return nil, err
+	}
 	if _, err := os.Stat(dir); err != nil {
 		return nil, fmt.Errorf("instance %q: nothing pinned at %s: %w", instance, dir, err)
 	}
-	m := &Maps{}
-	targets := map[string]**ebpf.Map{
-		bpf.MapFlows: &m.Flows, bpf.MapHalfOpen: &m.HalfOpen, bpf.MapBackends: &m.Backends,
-		bpf.MapBackendRefused: &m.BackendRefused, bpf.MapMaglev: &m.Maglev, bpf.MapControl: &m.Control,
-		bpf.MapStats: &m.Stats, bpf.MapBackendStats: &m.BackendStats,
+	spec, err := bpf.EmbeddedSpec()
+	if err != nil {
+		return nil, err
 	}
-	for name, dst := range targets {
-		mp, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
+	pinned := map[string]*ebpf.Map{}
+	closeAll := func() {
+		for _, m := range pinned {
+			m.Close()
+		}
+	}
+	for name := range spec.Maps {
+		if !isDataPathMap(name) {
+			continue
+		}
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
 		if err != nil {
-			m.close()
+			closeAll()
 			return nil, fmt.Errorf("open pinned map %s: %w", name, err)
 		}
-		*dst = mp
+		pinned[name] = m
 	}
-	return m, nil
+	var maps bpf.Maps
+	if err := spec.LoadAndAssign(&maps, &ebpf.CollectionOptions{MapReplacements: pinned}); err != nil {
+		closeAll()
+		return nil, fmt.Errorf("instance %q: pinned maps: %w", instance, err)
+	}
+	// LoadAndAssign cloned the replacements: ours go.
+	closeAll()
+	return &maps, nil
 }
-
-// Close releases the maps.
-func (m *Maps) Close() { m.close() }

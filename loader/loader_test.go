@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/xdplb/xdplb/bpf"
+	"github.com/xdplb/xdplb/tests/testenv"
 )
 
 // inNetns runs fn on a locked OS thread inside a new network namespace
@@ -26,9 +27,14 @@ import (
 // in a temp dir. Everything is removed afterwards, on failure too.
 func inNetns(t *testing.T, fn func(bpffs string)) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a network namespace and attaches BPF programs (make test runs as root)")
-	}
+	inNamedNetns(t, func(bpffs, _ string) { fn(bpffs) })
+}
+
+// inNamedNetns is inNetns, also telling fn the namespace's name (for a
+// child process to join).
+func inNamedNetns(t *testing.T, fn func(bpffs, netnsName string)) {
+	t.Helper()
+	testenv.RequireRoot(t, "creates a network namespace and attaches BPF programs")
 	bpffs := t.TempDir()
 	if err := unix.Mount("bpf", bpffs, "bpf", 0, ""); err != nil {
 		t.Fatalf("mount bpffs: %v", err)
@@ -71,7 +77,7 @@ func inNetns(t *testing.T, fn func(bpffs string)) {
 				errc <- fmt.Errorf("panic: %v\n%s", r, debug.Stack())
 			}
 		}()
-		fn(bpffs)
+		fn(bpffs, name)
 		errc <- nil
 	}()
 	if err := <-errc; err != nil {
@@ -85,7 +91,7 @@ func randHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-func testOptions(bpffs string, hook Hook, mode XDPMode) Options {
+func testOptions(bpffs string, hook bpf.Hook, mode bpf.XDPMode) Options {
 	return Options{
 		BPFFS: bpffs, Instance: "t" + randHex(3), Iface: "eth1", Hook: hook, XDPMode: mode,
 		Data: bpf.Config{Frontend: netip.MustParseAddrPort("10.10.10.100:6443"), SNATLo: 20000, SNATHi: 29999},
@@ -97,19 +103,19 @@ func testOptions(bpffs string, hook Hook, mode XDPMode) Options {
 // detach leaves the interface and bpffs clean.
 func TestAttachReplaceDetach(t *testing.T) {
 	cases := []struct {
-		hook     Hook
-		mode     XDPMode
+		hook     bpf.Hook
+		mode     bpf.XDPMode
 		noLink   bool
 		wantMode string
 	}{
-		{HookXDP, XDPNative, false, "native"},
-		{HookXDP, XDPGeneric, false, "generic"},
-		{HookXDP, XDPAuto, false, "native"},
-		{HookTC, "", false, ""},
+		{bpf.HookXDP, bpf.XDPNative, false, "native"},
+		{bpf.HookXDP, bpf.XDPGeneric, false, "generic"},
+		{bpf.HookXDP, bpf.XDPAuto, false, "native"},
+		{bpf.HookTC, "", false, ""},
 		// The paths of kernels without bpf_link (5.4): netlink, clsact.
-		{HookXDP, XDPNative, true, "native"},
-		{HookXDP, XDPGeneric, true, "generic"},
-		{HookTC, "", true, "clsact"},
+		{bpf.HookXDP, bpf.XDPNative, true, "native"},
+		{bpf.HookXDP, bpf.XDPGeneric, true, "generic"},
+		{bpf.HookTC, "", true, "clsact"},
 	}
 	for _, c := range cases {
 		name := string(c.hook) + "-" + string(c.mode)
@@ -161,7 +167,7 @@ func TestAttachReplaceDetach(t *testing.T) {
 				if att, err := Attached(bpffs, opts.Instance); err != nil || att.ProgID != inst2.Attachment.ProgID {
 					fail("after restart attached: %+v %v", att, err)
 				}
-				if l, _ := netlink.LinkByName("eth1"); c.hook == HookTC {
+				if l, _ := netlink.LinkByName("eth1"); c.hook == bpf.HookTC {
 					if ids, _ := tcProgIDs(l); len(ids) > 1 {
 						fail("tc filters after replace: %v", ids)
 					}
@@ -196,7 +202,7 @@ func TestAttachReplaceDetach(t *testing.T) {
 				if qs, _ := netlink.QdiscList(l); hasClsact(qs) {
 					fail("clsact qdisc left")
 				}
-				if _, err := os.Stat(PinDir(bpffs, opts.Instance)); !errors.Is(err, os.ErrNotExist) {
+				if _, err := os.Stat(instanceDir(bpffs, opts.Instance)); !errors.Is(err, os.ErrNotExist) {
 					fail("pin dir left: %v", err)
 				}
 				if err := Detach(bpffs, opts.Instance); err != nil {
@@ -225,25 +231,25 @@ func TestRefusals(t *testing.T) {
 	var errs []string
 	fail := func(format string, args ...any) { errs = append(errs, fmt.Sprintf(format, args...)) }
 	inNetns(t, func(bpffs string) {
-		opts := testOptions(bpffs, HookXDP, XDPAuto)
+		opts := testOptions(bpffs, bpf.HookXDP, bpf.XDPAuto)
 		opts.Iface = "eth9"
 		if _, err := Start(opts); err == nil || !strings.Contains(err.Error(), `"eth9" not found`) {
 			fail("missing iface: %v", err)
 		}
-		if _, err := os.Stat(PinDir(bpffs, opts.Instance)); !errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat(instanceDir(bpffs, opts.Instance)); !errors.Is(err, os.ErrNotExist) {
 			fail("missing iface left pins")
 		}
 
-		bad := testOptions(bpffs, HookXDP, XDPAuto)
+		bad := testOptions(bpffs, bpf.HookXDP, bpf.XDPAuto)
 		bad.Data.SNATLo, bad.Data.SNATHi = 6000, 7000
 		if _, err := Start(bad); err == nil || !strings.Contains(err.Error(), "contain the frontend port") {
 			fail("snat range with frontend port: %v", err)
 		}
-		if _, err := os.Stat(PinDir(bpffs, bad.Instance)); !errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat(instanceDir(bpffs, bad.Instance)); !errors.Is(err, os.ErrNotExist) {
 			fail("bad config left pins")
 		}
 
-		a := testOptions(bpffs, HookXDP, XDPAuto)
+		a := testOptions(bpffs, bpf.HookXDP, bpf.XDPAuto)
 		inst, err := Start(a)
 		if err != nil {
 			fail("start a: %v", err)
@@ -251,18 +257,18 @@ func TestRefusals(t *testing.T) {
 		}
 		defer Detach(bpffs, a.Instance)
 		inst.Close()
-		b := testOptions(bpffs, HookXDP, XDPAuto)
+		b := testOptions(bpffs, bpf.HookXDP, bpf.XDPAuto)
 		if _, err := Start(b); err == nil || !strings.Contains(err.Error(), "already runs xdplb instance") {
 			fail("second instance on the same iface: %v", err)
 		}
-		if _, err := os.Stat(PinDir(bpffs, b.Instance)); !errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat(instanceDir(bpffs, b.Instance)); !errors.Is(err, os.ErrNotExist) {
 			fail("refused instance left pins")
 		}
-		a.Hook = HookTC
+		a.Hook = bpf.HookTC
 		if _, err := Start(a); err == nil || !strings.Contains(err.Error(), "attached on the xdp hook") {
 			fail("hook switch: %v", err)
 		}
-		if att, err := Attached(bpffs, a.Instance); err != nil || att.Hook != HookXDP {
+		if att, err := Attached(bpffs, a.Instance); err != nil || att.Hook != bpf.HookXDP {
 			fail("refused hook switch disturbed the instance: %+v %v", att, err)
 		}
 	})
@@ -275,4 +281,10 @@ func kernelRelease() string {
 	var u unix.Utsname
 	unix.Uname(&u)
 	return unix.ByteSliceToString(u.Release[:])
+}
+
+// instanceDir is the pin directory of a (valid) test instance name.
+func instanceDir(bpffs, instance string) string {
+	dir, _ := bpf.InstanceDir(bpffs, instance)
+	return dir
 }

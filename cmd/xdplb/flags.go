@@ -7,7 +7,7 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/xdplb/xdplb/control"
+	"github.com/xdplb/xdplb/bpf"
 )
 
 // common are the flags every subcommand takes.
@@ -19,12 +19,12 @@ type common struct {
 func newFlagSet(e env, name string, c *common) *pflag.FlagSet {
 	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
 	fs.SetOutput(e.stderr)
-	bpffs := control.DefaultBPFFS
-	if v := e.getenv(control.BPFFSEnv); v != "" {
+	bpffs := bpf.DefaultBPFFS
+	if v := e.getenv(bpf.BPFFSEnv); v != "" {
 		bpffs = v
 	}
-	fs.StringVar(&c.instance, "instance", control.DefaultInstance, "instance name (pin directory <bpffs>/xdplb/NAME, socket /run/xdplb/NAME.sock)")
-	fs.StringVar(&c.bpffs, "bpffs", bpffs, "bpffs mount point ($"+control.BPFFSEnv+")")
+	fs.StringVar(&c.instance, "instance", bpf.DefaultInstance, "instance name (pin directory <bpffs>/xdplb/NAME, socket /run/xdplb/NAME.sock)")
+	fs.StringVar(&c.bpffs, "bpffs", bpffs, "bpffs mount point ($"+bpf.BPFFSEnv+")")
 	return fs
 }
 

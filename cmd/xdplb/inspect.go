@@ -4,16 +4,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
-	"os"
-	"sort"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/xdplb/xdplb/bpf"
 	"github.com/xdplb/xdplb/control/daemon"
-	"github.com/xdplb/xdplb/loader"
 )
 
 func cmdStatus(e env, args []string) error {
@@ -139,17 +135,6 @@ func cmdBackend(e env, args []string) error {
 	return nil
 }
 
-// flowRow is one connection of `xdplb flows`.
-type flowRow struct {
-	Client   string `json:"client"`
-	Backend  string `json:"backend"`
-	SNAT     string `json:"snat"`
-	State    string `json:"state"`
-	AgeSec   int64  `json:"age_s"`
-	IdleSec  int64  `json:"idle_s"`
-	HalfOpen bool   `json:"half_open"`
-}
-
 func cmdFlows(e env, args []string) error {
 	var c common
 	fs := newFlagSet(e, "flows", &c)
@@ -172,37 +157,10 @@ func cmdFlows(e env, args []string) error {
 		}
 	}
 	// Read the pinned maps directly: works while no daemon runs.
-	m, err := loader.OpenMaps(c.bpffs, c.instance)
+	rows, err := daemon.Flows(c.bpffs, c.instance, filter)
 	if err != nil {
 		return err
 	}
-	defer m.Close()
-	now := daemon.MonotonicNow()
-	var rows []flowRow
-	for _, tbl := range []struct {
-		half bool
-		it   interface {
-			Next(any, any) bool
-			Err() error
-		}
-	}{{false, m.Flows.Iterate()}, {true, m.HalfOpen.Iterate()}} {
-		var k bpf.FlowKey
-		var f bpf.Flow
-		for tbl.it.Next(&k, &f) {
-			if f.Dir != uint8(bpf.FlowToBackend) {
-				continue
-			}
-			if filter != nil && !filter(f.Dst()) {
-				continue
-			}
-			rows = append(rows, flowRow{Client: k.Src().String(), Backend: f.Dst().String(), SNAT: f.Src().String(),
-				State: bpf.FlowState(f.State).String(), AgeSec: secs(now, f.CreatedNs), IdleSec: secs(now, f.LastSeenNs), HalfOpen: tbl.half})
-		}
-		if err := tbl.it.Err(); err != nil {
-			return err
-		}
-	}
-	sort.Slice(rows, func(i, j int) bool { return rows[i].Client < rows[j].Client })
 	if *asJSON {
 		return json.NewEncoder(e.stdout).Encode(rows)
 	}
@@ -216,13 +174,6 @@ func cmdFlows(e env, args []string) error {
 	return nil
 }
 
-func secs(now, then uint64) int64 {
-	if then == 0 || then > now {
-		return 0
-	}
-	return int64((now - then) / 1e9)
-}
-
 func cmdDetach(e env, args []string) error {
 	var c common
 	fs := newFlagSet(e, "detach", &c)
@@ -232,15 +183,11 @@ func cmdDetach(e env, args []string) error {
 		}
 		return err
 	}
-	if _, err := daemon.Call(c.instance, daemon.Request{Cmd: "status"}); err == nil {
-		if err := daemon.Shutdown(c.instance, 10*time.Second); err != nil {
-			return err
-		}
+	stopped, err := daemon.Detach(c.bpffs, c.instance)
+	if stopped {
 		printf(e.stdout, "stopped the daemon of instance %s\n", c.instance)
-	} else {
-		os.Remove(daemon.SocketPath(c.instance)) // left by a crashed daemon
 	}
-	if err := loader.Detach(c.bpffs, c.instance); err != nil {
+	if err != nil {
 		return err
 	}
 	printf(e.stdout, "detached instance %s: program, pins and state removed\n", c.instance)

@@ -8,35 +8,37 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/xdplb/xdplb/control"
+	"github.com/xdplb/xdplb/bpf"
+	"github.com/xdplb/xdplb/control/config"
 	"github.com/xdplb/xdplb/control/daemon"
+	"github.com/xdplb/xdplb/control/health"
 )
 
 func cmdRun(e env, args []string) error {
 	var c common
 	fset := newFlagSet(e, "run", &c)
-	configPath := fset.String("config", control.DefaultConfigPath, "YAML configuration file (flags override it)")
+	configPath := fset.String("config", config.DefaultConfigPath, "YAML configuration file (flags override it)")
 	iface := fset.String("iface", "", "interface the frontend traffic arrives on (e.g. eth1)")
 	vip := fset.String("vip", "", "frontend address: the VRRP VIP, or this node's own address")
-	port := fset.Uint16("port", control.DefaultPort, "frontend TCP port")
+	port := fset.Uint16("port", config.DefaultPort, "frontend TCP port")
 	backends := fset.StringArray("backend", nil, "backend ip[:port] (repeatable; port defaults to --port)")
-	check := fset.String("check", string(control.CheckTLS), "health check: tcp, tls or https")
-	checkPath := fset.String("check-path", control.DefaultCheckPath, "https check path")
+	check := fset.String("check", string(health.CheckTLS), "health check: tcp, tls or https")
+	checkPath := fset.String("check-path", health.DefaultCheckPath, "https check path")
 	checkCA := fset.String("check-ca", "", "CA file to verify backends with (default: no verification)")
 	checkCert := fset.String("check-cert", "", "client certificate for checks")
 	checkKey := fset.String("check-key", "", "client key for checks")
 	checkToken := fset.String("check-token-file", "", "file holding a bearer token for https checks")
-	checkStatus := fset.Int("check-expect-status", control.DefaultCheckStatus, "https status that means healthy")
-	inter := fset.Duration("inter", control.DefaultInter, "check interval while up (HAProxy inter)")
+	checkStatus := fset.Int("check-expect-status", health.DefaultCheckStatus, "https status that means healthy")
+	inter := fset.Duration("inter", health.DefaultInter, "check interval while up (HAProxy inter)")
 	fastinter := fset.Duration("fastinter", 0, "check interval during transitions (default: inter)")
 	downinter := fset.Duration("downinter", 0, "check interval while down (default: inter)")
 	timeout := fset.Duration("check-timeout", 0, "check timeout (default: inter)")
-	rise := fset.Int("rise", control.DefaultRise, "successes to mark a backend up")
-	fall := fset.Int("fall", control.DefaultFall, "failures to mark a backend down")
-	hook := fset.String("hook", string(control.HookXDP), "where the data path runs: xdp or tc")
-	mode := fset.String("xdp-mode", string(control.XDPModeAuto), "XDP mode: auto, native or generic")
+	rise := fset.Int("rise", health.DefaultRise, "successes to mark a backend up")
+	fall := fset.Int("fall", health.DefaultFall, "failures to mark a backend down")
+	hook := fset.String("hook", string(bpf.HookXDP), "where the data path runs: xdp or tc")
+	mode := fset.String("xdp-mode", string(bpf.XDPAuto), "XDP mode: auto, native or generic")
 	snat := fset.String("snat-ports", "", "SNAT source port range LO-HI (default: chosen from the frontend kind)")
-	metrics := fset.String("metrics-addr", control.DefaultMetricsAddr, "Prometheus metrics listen address (empty: no metrics)")
+	metrics := fset.String("metrics-addr", config.DefaultMetricsAddr, "Prometheus metrics listen address (empty: no metrics)")
 	idle := fset.Duration("established-timeout", 0, "idle timeout of established connections")
 	verbose := fset.Bool("verbose", false, "print verifier logs whole, and debug logs")
 	noLink := fset.Bool("no-bpf-link", false, "attach through netlink/clsact even where bpf_link exists")
@@ -50,9 +52,9 @@ func cmdRun(e env, args []string) error {
 		return usageError("run takes no arguments, got %q", fset.Args())
 	}
 
-	cfg, err := control.LoadConfig(*configPath)
+	cfg, err := config.LoadConfig(*configPath)
 	if errors.Is(err, fs.ErrNotExist) && !fset.Changed("config") {
-		cfg, err = control.DefaultConfig(), nil
+		cfg, err = config.DefaultConfig(), nil
 	}
 	if err != nil {
 		return err
@@ -88,7 +90,7 @@ func cmdRun(e env, args []string) error {
 		{"backend", func() error {
 			cfg.Backends = nil
 			for _, s := range *backends {
-				b, err := control.ParseBackend(s)
+				b, err := config.ParseBackend(s)
 				if err != nil {
 					return err
 				}
@@ -96,7 +98,7 @@ func cmdRun(e env, args []string) error {
 			}
 			return nil
 		}},
-		{"check", func() error { cfg.Check = control.CheckKind(*check); return nil }},
+		{"check", func() error { cfg.Check = health.CheckKind(*check); return nil }},
 		{"check-path", str(&cfg.CheckPath, *checkPath)},
 		{"check-ca", str(&cfg.CheckCA, *checkCA)},
 		{"check-cert", str(&cfg.CheckCert, *checkCert)},
@@ -109,10 +111,10 @@ func cmdRun(e env, args []string) error {
 		{"check-timeout", dur(&cfg.Timeout, *timeout)},
 		{"rise", num(&cfg.Rise, *rise)},
 		{"fall", num(&cfg.Fall, *fall)},
-		{"hook", func() error { cfg.Hook = control.Hook(*hook); return nil }},
-		{"xdp-mode", func() error { cfg.XDPMode = control.XDPMode(*mode); return nil }},
+		{"hook", func() error { cfg.Hook = bpf.Hook(*hook); return nil }},
+		{"xdp-mode", func() error { cfg.XDPMode = bpf.XDPMode(*mode); return nil }},
 		{"snat-ports", func() error {
-			r, err := control.ParsePortRange(*snat)
+			r, err := config.ParsePortRange(*snat)
 			cfg.SNATPorts = r
 			return err
 		}},

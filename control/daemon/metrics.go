@@ -35,7 +35,7 @@ func (d *Daemon) writeMetrics(w io.Writer) {
 	family("xdplb_backend_up", "gauge", "1 if the backend is up (health checks pass).")
 	for _, b := range st.Backends {
 		up := 0
-		if b.State != "DOWN" {
+		if b.State != StateDown {
 			up = 1
 		}
 		fmt.Fprintf(w, "xdplb_backend_up{backend=%q,state=%q} %d\n", b.Addr, b.State, up)
@@ -67,7 +67,7 @@ func (d *Daemon) writeMetrics(w io.Writer) {
 	for _, t := range []struct {
 		name string
 		cap  uint32
-	}{{"flows", d.inst.Maps.Flows.MaxEntries()}, {"half_open", d.inst.Maps.HalfOpen.MaxEntries()}} {
+	}{{bpf.TableEstablished.String(), d.parts.dp.TableCapacity(bpf.TableEstablished)}, {bpf.TableHalfOpen.String(), d.parts.dp.TableCapacity(bpf.TableHalfOpen)}} {
 		fmt.Fprintf(w, "xdplb_flow_table_entries{table=%q} %d\n", t.name, st.Flows[t.name])
 		fmt.Fprintf(w, "xdplb_flow_table_capacity{table=%q} %d\n", t.name, t.cap)
 	}

@@ -9,12 +9,22 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
 	"github.com/xdplb/xdplb/bpf"
 	"github.com/xdplb/xdplb/loader"
 )
+
+// RunDir holds the control sockets.
+var RunDir = "/run/xdplb"
+
+// SocketPath is the control socket of an instance.
+func SocketPath(instance string) string { return filepath.Join(RunDir, instance+".sock") }
+
+// listener is the control socket's listener.
+type listener = net.Listener
 
 // Request is one command on the control socket (one JSON object a line).
 type Request struct {
@@ -50,11 +60,24 @@ type Status struct {
 	Counters    map[string]uint64 `json:"counters"`
 }
 
+// State is a backend's state as status shows it.
+type State string
+
+const (
+	// StateUp: healthy, taking new connections.
+	StateUp State = "UP"
+	// StateDown: failed its checks; no new connections.
+	StateDown State = "DOWN"
+	// StateDrain: healthy, but drained by the operator (or weight 0): no
+	// new connections, established ones stay.
+	StateDrain State = "DRAIN"
+)
+
 // BackendStatus is one backend in Status.
 type BackendStatus struct {
 	Addr        string  `json:"addr"`
 	ID          uint32  `json:"id"`
-	State       string  `json:"state"` // UP, DOWN, DRAIN
+	State       State   `json:"state"`
 	Weight      uint32  `json:"weight"`
 	Health      string  `json:"health"`
 	Connections int     `json:"connections"`
@@ -121,7 +144,7 @@ func (d *Daemon) handle(req Request) Response {
 			return Response{Error: "program not attached: " + st.AttachError, Status: &st}
 		}
 		for _, b := range st.Backends {
-			if b.State == "UP" || b.State == "DRAIN" {
+			if b.State == StateUp || b.State == StateDrain {
 				return Response{OK: true, Status: &st}
 			}
 		}
@@ -167,15 +190,15 @@ func (d *Daemon) status() Status {
 	cfg := d.cfg
 	st := Status{
 		Instance: cfg.Instance, Version: Version, PID: os.Getpid(), Started: d.started,
-		Iface: cfg.Iface, Frontend: d.data.Frontend.String(), SNATPorts: d.snat.String(),
-		CheckSource: d.source.String(), Check: string(cfg.Check), Attachment: d.inst.Attachment,
+		Iface: cfg.Iface, Frontend: d.node.data.Frontend.String(), SNATPorts: d.node.snat.String(),
+		CheckSource: d.node.source.String(), Check: string(cfg.Check), Attachment: d.att,
 		Counters: map[string]uint64{}, Flows: map[string]int{},
 	}
 	st.FrontendIs = "vip"
-	if d.local {
+	if d.node.local {
 		st.FrontendIs = "node address"
 	}
-	if att, err := loader.Attached(cfg.BPFFS, cfg.Instance); err != nil {
+	if att, err := d.parts.attached(); err != nil {
 		st.AttachError = err.Error()
 	} else {
 		st.Attached = true
@@ -193,16 +216,16 @@ func (d *Daemon) status() Status {
 			Connections: gc.Connections[b.ID], HalfOpen: gc.HalfOpen[b.ID]}
 		switch {
 		case !b.Up:
-			bs.State = "DOWN"
+			bs.State = StateDown
 		case b.Drained || b.Weight == 0:
-			bs.State = "DRAIN"
+			bs.State = StateDrain
 		default:
-			bs.State = "UP"
+			bs.State = StateUp
 		}
 		if ms, ok := d.mon.Status(b.Addr.String()); ok {
 			bs.Health = ms.Line
 		}
-		if c, err := d.dp.BackendCounters(b.ID); err == nil {
+		if c, err := d.parts.dp.BackendCounters(b.ID); err == nil {
 			bs.Packets, bs.Bytes, bs.NewFlows = c.Packets, c.Bytes, c.NewFlows
 		}
 		if v, ok := d.latency.Load(b.Addr.String()); ok {
@@ -216,7 +239,7 @@ func (d *Daemon) status() Status {
 		_, bs.Refused = refused[b.Addr]
 		st.Backends = append(st.Backends, bs)
 	}
-	if stats, err := d.dp.Stats(); err == nil {
+	if stats, err := d.parts.dp.Stats(); err == nil {
 		for i, v := range stats {
 			st.Counters[bpf.Stat(i).Name()] = v
 		}
@@ -256,6 +279,24 @@ func Shutdown(instance string, wait time.Duration) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return fmt.Errorf("daemon of instance %q did not stop within %s", instance, wait)
+}
+
+// Detach stops the instance's daemon if one runs, then removes its
+// program from every interface, its pins and its state. It reports
+// whether it stopped a daemon.
+func Detach(bpffs, instance string) (stopped bool, err error) {
+	if err := bpf.ValidateInstance(instance); err != nil {
+		return false, err
+	}
+	if _, err := Call(instance, Request{Cmd: "status"}); err == nil {
+		if err := Shutdown(instance, 10*time.Second); err != nil {
+			return false, err
+		}
+		stopped = true
+	} else {
+		os.Remove(SocketPath(instance)) // left by a crashed daemon
+	}
+	return stopped, loader.Detach(bpffs, instance)
 }
 
 // SortedCounters returns counter names in index order.

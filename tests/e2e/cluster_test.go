@@ -307,7 +307,7 @@ func (c *cluster) status(lb *testnet.Host) daemon.Status {
 func (c *cluster) backendState(lb *testnet.Host, addr netip.Addr) string {
 	for _, b := range c.status(lb).Backends {
 		if strings.HasPrefix(b.Addr, addr.String()+":") {
-			return b.State
+			return string(b.State)
 		}
 	}
 	return "?"

@@ -13,7 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/xdplb/xdplb/control"
+	"github.com/xdplb/xdplb/control/config"
+	"github.com/xdplb/xdplb/control/health"
 )
 
 func script(t *testing.T) string {
@@ -33,16 +34,16 @@ func TestGeneratedConfigLoads(t *testing.T) {
 		name      string
 		arg       string
 		ca, token bool
-		wantCheck control.CheckKind
+		wantCheck health.CheckKind
 		wantCA    bool
 		wantToken bool
 	}{
-		{name: "tcp", arg: "tcp", ca: true, wantCheck: control.CheckTCP},
-		{name: "tls with the K3s CA", arg: "tls", ca: true, wantCheck: control.CheckTLS, wantCA: true},
-		{name: "tls without a CA", arg: "tls", wantCheck: control.CheckTLS},
-		{name: "https with token and CA", arg: "https", ca: true, token: true, wantCheck: control.CheckHTTPS, wantCA: true, wantToken: true},
-		{name: "https without a token falls back to tls", arg: "https", ca: true, wantCheck: control.CheckTLS, wantCA: true},
-		{name: "default from vagrant.env", arg: "", ca: true, wantCheck: control.CheckTLS, wantCA: true},
+		{name: "tcp", arg: "tcp", ca: true, wantCheck: health.CheckTCP},
+		{name: "tls with the K3s CA", arg: "tls", ca: true, wantCheck: health.CheckTLS, wantCA: true},
+		{name: "tls without a CA", arg: "tls", wantCheck: health.CheckTLS},
+		{name: "https with token and CA", arg: "https", ca: true, token: true, wantCheck: health.CheckHTTPS, wantCA: true, wantToken: true},
+		{name: "https without a token falls back to tls", arg: "https", ca: true, wantCheck: health.CheckTLS, wantCA: true},
+		{name: "default from vagrant.env", arg: "", ca: true, wantCheck: health.CheckTLS, wantCA: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -64,7 +65,7 @@ func TestGeneratedConfigLoads(t *testing.T) {
 			if out, err := cmd.CombinedOutput(); err != nil {
 				t.Fatalf("xdplb-config.sh %s: %v\n%s", tt.arg, err, out)
 			}
-			cfg, err := control.LoadConfig(filepath.Join(dir, "xdplb.yaml"))
+			cfg, err := config.LoadConfig(filepath.Join(dir, "xdplb.yaml"))
 			if err != nil {
 				t.Fatalf("LoadConfig: %v", err)
 			}

@@ -1,4 +1,14 @@
-package control
+// Package balancer turns the configuration, the backends' health and the
+// operator's commands into the data path's state: backend slots (stable
+// across restarts), the Maglev table (written into the spare half, then
+// flipped), and clean flow tables (expired flows, flows of dead backends,
+// whose clients are nudged to reset at once).
+//
+// It works on the data path only through the Datapath interface, defined
+// here and implemented over the pinned maps by loader.Datapath, and on
+// clients only through Nudger; it imports neither loader nor netlink, and
+// its tests run against a fake datapath without root.
+package balancer
 
 import (
 	"errors"
@@ -10,22 +20,9 @@ import (
 	"time"
 
 	"github.com/xdplb/xdplb/bpf"
+	"github.com/xdplb/xdplb/control/config"
+	"github.com/xdplb/xdplb/control/maglev"
 )
-
-// FlowTable names one of the data path's two flow tables.
-type FlowTable int
-
-const (
-	TableEstablished FlowTable = iota // flows
-	TableHalfOpen                     // half_open
-)
-
-func (t FlowTable) String() string {
-	if t == TableHalfOpen {
-		return "half_open"
-	}
-	return "flows"
-}
 
 // Datapath is what the balancer needs of the kernel side; loader.Datapath
 // implements it over the pinned maps, tests use a fake.
@@ -35,8 +32,8 @@ type Datapath interface {
 	ActiveMaglev() (uint32, error)
 	PutMaglev(half uint32, table []uint32) error
 	SetActiveMaglev(half uint32) error
-	ForEachFlow(fn func(t FlowTable, k bpf.FlowKey, f bpf.Flow)) error
-	DeleteFlows(t FlowTable, keys []bpf.FlowKey) error
+	ForEachFlow(fn func(t bpf.FlowTable, k bpf.FlowKey, f bpf.Flow)) error
+	DeleteFlows(t bpf.FlowTable, keys []bpf.FlowKey) error
 	Refused(id uint32) (uint64, error)
 	ClearRefused(id uint32) error
 	Stats() ([]uint64, error)
@@ -64,8 +61,8 @@ type NextHop struct {
 	Ifindex     uint32
 }
 
-// BackendState is one backend as the balancer sees it.
-type BackendState struct {
+// Backend is one backend as the balancer sees it.
+type Backend struct {
 	ID      uint32
 	Addr    netip.AddrPort
 	Weight  uint32 // configured; 0 when drained by an operator
@@ -88,28 +85,28 @@ type Balancer struct {
 	now      func() uint64 // CLOCK_MONOTONIC ns, the data path's clock
 
 	mu       sync.Mutex
-	backends map[netip.AddrPort]*BackendState
+	backends map[netip.AddrPort]*Backend
 }
 
-// BalancerOptions configure NewBalancer.
-type BalancerOptions struct {
+// Options configure New.
+type Options struct {
 	Frontend netip.AddrPort
-	Backends []BackendSpec // ports resolved
-	Timeouts bpf.Config    // for GC: the same timeouts as the data path
+	Backends []config.BackendSpec // ports resolved
+	Timeouts bpf.Config           // for GC: the same timeouts as the data path
 	Logger   *slog.Logger
 	Nudger   Nudger
 	Now      func() uint64
 }
 
-// NewBalancer reads the data path's backend entries (left by a previous
+// New reads the data path's backend entries (left by a previous
 // daemon, if any) so a backend keeps its index and its health and drain
 // state across restarts, then assigns free indexes to new backends.
-func NewBalancer(dp Datapath, o BalancerOptions) (*Balancer, error) {
+func New(dp Datapath, o Options) (*Balancer, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
 	b := &Balancer{dp: dp, frontend: o.Frontend, timeouts: o.Timeouts, log: o.Logger, nudger: o.Nudger, now: o.Now,
-		backends: map[netip.AddrPort]*BackendState{}}
+		backends: map[netip.AddrPort]*Backend{}}
 	existing, err := dp.Backends()
 	if err != nil {
 		return nil, fmt.Errorf("read backends map: %w", err)
@@ -129,7 +126,7 @@ func NewBalancer(dp Datapath, o BalancerOptions) (*Balancer, error) {
 	}
 	next := uint32(0)
 	for _, spec := range o.Backends {
-		st := &BackendState{Addr: spec.Addr, Weight: spec.Weight, Up: true}
+		st := &Backend{Addr: spec.Addr, Weight: spec.Weight, Up: true}
 		if id, ok := byAddr[spec.Addr]; ok {
 			st.ID = id
 			prev := existing[id]
@@ -163,10 +160,10 @@ func NewBalancer(dp Datapath, o BalancerOptions) (*Balancer, error) {
 }
 
 // Backends returns a snapshot sorted by address.
-func (b *Balancer) Backends() []BackendState {
+func (b *Balancer) Backends() []Backend {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	out := make([]BackendState, 0, len(b.backends))
+	out := make([]Backend, 0, len(b.backends))
 	for _, st := range b.backends {
 		out = append(out, *st)
 	}
@@ -175,12 +172,12 @@ func (b *Balancer) Backends() []BackendState {
 }
 
 // Lookup returns a backend by address.
-func (b *Balancer) Lookup(addr netip.AddrPort) (BackendState, bool) {
+func (b *Balancer) Lookup(addr netip.AddrPort) (Backend, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	st, ok := b.backends[addr]
 	if !ok {
-		return BackendState{}, false
+		return Backend{}, false
 	}
 	return *st, true
 }
@@ -195,7 +192,7 @@ func (b *Balancer) Sync() error {
 }
 
 func (b *Balancer) syncLocked() error {
-	var mb []MaglevBackend
+	var mb []maglev.Backend
 	for _, st := range b.backends {
 		if err := b.dp.PutBackend(st.ID, b.entry(st)); err != nil {
 			return fmt.Errorf("write backend %s: %w", st.Addr, err)
@@ -204,9 +201,9 @@ func (b *Balancer) syncLocked() error {
 		if !st.Up || st.Drained {
 			w = 0
 		}
-		mb = append(mb, MaglevBackend{ID: st.ID, Key: st.Addr.String(), Weight: w})
+		mb = append(mb, maglev.Backend{ID: st.ID, Key: st.Addr.String(), Weight: w})
 	}
-	table := BuildMaglev(mb, bpf.MaglevSize)
+	table := maglev.Build(mb, bpf.MaglevSize)
 	active, err := b.dp.ActiveMaglev()
 	if err != nil {
 		return fmt.Errorf("read live maglev table: %w", err)
@@ -221,7 +218,7 @@ func (b *Balancer) syncLocked() error {
 	return nil
 }
 
-func (b *Balancer) entry(st *BackendState) bpf.Backend {
+func (b *Balancer) entry(st *Backend) bpf.Backend {
 	be := bpf.Backend{Addr: bpf.BE32(st.Addr.Addr()), Port: bpf.BE16(st.Addr.Port()), Flags: backendFlagUsed}
 	if st.Up {
 		be.Flags |= backendFlagUp
@@ -304,8 +301,8 @@ func (b *Balancer) SetDrained(addr netip.AddrPort, drained bool) error {
 
 // SetWeight changes a backend's weight; 0 drains it.
 func (b *Balancer) SetWeight(addr netip.AddrPort, w uint32) error {
-	if w > MaxWeight {
-		return fmt.Errorf("weight %d: at most %d", w, MaxWeight)
+	if w > config.MaxWeight {
+		return fmt.Errorf("weight %d: at most %d", w, config.MaxWeight)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -369,14 +366,14 @@ type GCResult struct {
 	// by their client->backend entries.
 	Connections map[uint32]int
 	HalfOpen    map[uint32]int
-	Entries     map[FlowTable]int
+	Entries     map[bpf.FlowTable]int
 }
 
 // GC removes flows idle past their state's timeout (the data path also
 // ignores them, but only when a packet comes) and flows of backends that
 // are down or gone, and counts what stays.
 func (b *Balancer) GC() (GCResult, error) {
-	res := GCResult{Connections: map[uint32]int{}, HalfOpen: map[uint32]int{}, Entries: map[FlowTable]int{}}
+	res := GCResult{Connections: map[uint32]int{}, HalfOpen: map[uint32]int{}, Entries: map[bpf.FlowTable]int{}}
 	live := map[uint32]bool{}
 	for _, st := range b.Backends() {
 		if st.Up || st.FlowsKept {
@@ -384,9 +381,9 @@ func (b *Balancer) GC() (GCResult, error) {
 		}
 	}
 	now := b.now()
-	dead := map[FlowTable][]bpf.FlowKey{}
+	dead := map[bpf.FlowTable][]bpf.FlowKey{}
 	var orphans []bpf.FlowKey
-	err := b.dp.ForEachFlow(func(t FlowTable, k bpf.FlowKey, f bpf.Flow) {
+	err := b.dp.ForEachFlow(func(t bpf.FlowTable, k bpf.FlowKey, f bpf.Flow) {
 		switch {
 		case now > f.LastSeenNs && time.Duration(now-f.LastSeenNs) > b.timeouts.Timeout(bpf.FlowState(f.State)):
 			dead[t] = append(dead[t], k)
@@ -394,14 +391,14 @@ func (b *Balancer) GC() (GCResult, error) {
 		case !live[f.Backend]:
 			dead[t] = append(dead[t], k)
 			res.Orphaned++
-			if f.Dir == uint8(bpf.FlowToBackend) && t == TableEstablished {
+			if f.Dir == uint8(bpf.FlowToBackend) && t == bpf.TableEstablished {
 				orphans = append(orphans, k)
 			}
 		default:
 			res.Entries[t]++
 			if f.Dir == uint8(bpf.FlowToBackend) {
 				switch {
-				case t == TableHalfOpen:
+				case t == bpf.TableHalfOpen:
 					res.HalfOpen[f.Backend]++
 				case f.State == uint8(bpf.FlowEstablished):
 					res.Connections[f.Backend]++
@@ -425,14 +422,14 @@ func (b *Balancer) GC() (GCResult, error) {
 // purge deletes every flow (both entries) matching sel and nudges the
 // clients of established ones.
 func (b *Balancer) purge(sel func(bpf.Flow) bool) (int, error) {
-	keys := map[FlowTable][]bpf.FlowKey{}
+	keys := map[bpf.FlowTable][]bpf.FlowKey{}
 	var clients []bpf.FlowKey
-	err := b.dp.ForEachFlow(func(t FlowTable, k bpf.FlowKey, f bpf.Flow) {
+	err := b.dp.ForEachFlow(func(t bpf.FlowTable, k bpf.FlowKey, f bpf.Flow) {
 		if !sel(f) {
 			return
 		}
 		keys[t] = append(keys[t], k)
-		if f.Dir == uint8(bpf.FlowToBackend) && t == TableEstablished {
+		if f.Dir == uint8(bpf.FlowToBackend) && t == bpf.TableEstablished {
 			clients = append(clients, k)
 		}
 	})

@@ -1,4 +1,12 @@
-package control
+// Package maglev builds Maglev lookup tables (Eisenbud et al., NSDI 2016):
+// which backend owns each slot of the data path's connection-hash table,
+// with weights, so that both LBs of a pair build the same table from the
+// same backends and a backend change moves as few connections as it can.
+//
+// It is pure computation: it touches nothing outside its arguments and
+// imports nothing of xdplb's. It is tested as a specification (golden
+// table, disruption on removal, weights, fuzz).
+package maglev
 
 import (
 	"cmp"
@@ -9,15 +17,10 @@ import (
 	"slices"
 )
 
-// MaglevNoBackend fills every slot of a table built without any backend of
+// NoBackend fills every slot of a table built without any backend of
 // positive weight. The data plane treats it as "no backend: pass or reset".
 // No backend may use it as its ID.
-const MaglevNoBackend uint32 = math.MaxUint32
-
-// DefaultMaglevSize is the table size for up to 655 backends: a prime, and
-// more than 100 slots per backend, which keeps the share of flows that move
-// when one backend leaves close to the ideal 1/N.
-const DefaultMaglevSize uint32 = 65537
+const NoBackend uint32 = math.MaxUint32
 
 // The seeds are fixed, never random: both LB nodes must build the same table
 // from the same backends, so that a flow lands on the same backend whichever
@@ -27,11 +30,8 @@ const (
 	maglevSkipSeed   uint64 = 0x78646c62_736b6970 // "xdlbskip"
 )
 
-// largestPrimeUint32 caps MaglevSizeFor, 2^32-5.
-const largestPrimeUint32 uint32 = 4294967291
-
-// MaglevBackend is one backend as the table builder sees it.
-type MaglevBackend struct {
+// Backend is one backend as the table builder sees it.
+type Backend struct {
 	// ID is the stable index of the backend in the data plane's backend map;
 	// the table holds IDs.
 	ID uint32
@@ -43,7 +43,7 @@ type MaglevBackend struct {
 	Weight uint32
 }
 
-// BuildMaglev returns a lookup table of size entries, each the ID of the
+// Build returns a lookup table of size entries, each the ID of the
 // backend that owns the slot.
 //
 // It follows the Maglev paper (Eisenbud et al., NSDI 2016): each backend
@@ -58,19 +58,19 @@ type MaglevBackend struct {
 // of backends: they are sorted by Key (then ID) first. Keys should be unique;
 // two backends with the same Key walk the same permutation.
 //
-// size must be prime (see MaglevSizeFor): only then is every skip coprime with
-// the size, so every permutation visits every slot. BuildMaglev panics
+// size must be prime (the data path's is 65537): only then is every skip coprime with
+// the size, so every permutation visits every slot. Build panics
 // otherwise, as it is a programming error, not an input the daemon receives.
-func BuildMaglev(backends []MaglevBackend, size uint32) []uint32 {
+func Build(backends []Backend, size uint32) []uint32 {
 	if !IsPrime(size) {
-		panic(fmt.Sprintf("control.BuildMaglev: table size %d is not prime: use MaglevSizeFor", size))
+		panic(fmt.Sprintf("maglev.Build: table size %d is not prime", size))
 	}
 	table := make([]uint32, size)
 	for i := range table {
-		table[i] = MaglevNoBackend
+		table[i] = NoBackend
 	}
 
-	active := make([]MaglevBackend, 0, len(backends))
+	active := make([]Backend, 0, len(backends))
 	var maxWeight uint64
 	for _, b := range backends {
 		if b.Weight == 0 {
@@ -82,7 +82,7 @@ func BuildMaglev(backends []MaglevBackend, size uint32) []uint32 {
 	if len(active) == 0 {
 		return table
 	}
-	slices.SortFunc(active, func(a, b MaglevBackend) int {
+	slices.SortFunc(active, func(a, b Backend) int {
 		if c := cmp.Compare(a.Key, b.Key); c != 0 {
 			return c
 		}
@@ -94,7 +94,7 @@ func BuildMaglev(backends []MaglevBackend, size uint32) []uint32 {
 		walks[i] = newMaglevWalk(b.Key, size)
 	}
 	// taken is separate from table so that no ID value, not even
-	// MaglevNoBackend, can be mistaken for a free slot.
+	// NoBackend, can be mistaken for a free slot.
 	taken := make([]bool, size)
 	credit := make([]uint64, len(active))
 	for filled := uint32(0); ; {
@@ -181,25 +181,4 @@ func IsPrime(n uint32) bool {
 		}
 	}
 	return true
-}
-
-// MaglevSizeFor returns the table size for nBackends backends: the smallest
-// prime that is at least 100 × nBackends and at least DefaultMaglevSize. So
-// up to 655 backends share the default size, and beyond that the table
-// grows to keep 100 slots per backend, the ratio at which the Maglev paper
-// measures near-minimal disruption. The result is capped at the largest
-// prime that fits in uint32.
-func MaglevSizeFor(nBackends int) uint32 {
-	if nBackends > int(largestPrimeUint32/100) {
-		return largestPrimeUint32
-	}
-	target := uint64(DefaultMaglevSize)
-	if nBackends > 0 {
-		target = max(target, 100*uint64(nBackends))
-	}
-	for n := uint32(target); ; n++ {
-		if IsPrime(n) {
-			return n
-		}
-	}
 }

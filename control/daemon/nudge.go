@@ -1,4 +1,4 @@
-package control
+package daemon
 
 import (
 	"crypto/rand"
@@ -8,6 +8,8 @@ import (
 	"sync"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/xdplb/xdplb/bpf/packet"
 )
 
 // RawNudger makes the client of a removed flow learn at once that its
@@ -37,9 +39,8 @@ func (n *RawNudger) Nudge(frontend, client netip.AddrPort) error {
 	if n.err != nil {
 		return n.err
 	}
-	pkt := nudgePacket(frontend, client)
 	sa := &unix.SockaddrInet4{Addr: client.Addr().As4()}
-	return unix.Sendto(n.fd, pkt, 0, sa)
+	return unix.Sendto(n.fd, nudgePacket(frontend, client), 0, sa)
 }
 
 // Close releases the socket.
@@ -50,38 +51,14 @@ func (n *RawNudger) Close() error {
 	return nil
 }
 
-// nudgePacket builds IPv4+TCP: ACK, random sequence and acknowledgment
-// numbers (the window is 2^16 of 2^32: an in-window hit is harmless too,
-// the client acknowledges it all the same).
+// nudgePacket is the probe: an ACK with random sequence and
+// acknowledgment numbers (the window is 2^16 of 2^32: an in-window hit is
+// harmless too, the client acknowledges it all the same).
 func nudgePacket(from, to netip.AddrPort) []byte {
-	b := make([]byte, 40)
-	b[0] = 0x45
-	binary.BigEndian.PutUint16(b[2:], 40)
-	b[8] = 64
-	b[9] = unix.IPPROTO_TCP
-	s, d := from.Addr().As4(), to.Addr().As4()
-	copy(b[12:], s[:])
-	copy(b[16:], d[:])
-	binary.BigEndian.PutUint16(b[10:], ^onesSum(b[:20], 0))
-	tcp := b[20:]
-	binary.BigEndian.PutUint16(tcp[0:], from.Port())
-	binary.BigEndian.PutUint16(tcp[2:], to.Port())
-	rand.Read(tcp[4:12])
-	tcp[12] = 5 << 4
-	tcp[13] = 0x10 // ACK
-	binary.BigEndian.PutUint16(tcp[14:], 1024)
-	pseudo := uint32(binary.BigEndian.Uint16(s[0:])) + uint32(binary.BigEndian.Uint16(s[2:])) +
-		uint32(binary.BigEndian.Uint16(d[0:])) + uint32(binary.BigEndian.Uint16(d[2:])) + unix.IPPROTO_TCP + 20
-	binary.BigEndian.PutUint16(tcp[16:], ^onesSum(tcp, pseudo))
-	return b
-}
-
-func onesSum(b []byte, sum uint32) uint16 {
-	for i := 0; i+1 < len(b); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	for sum > 0xffff {
-		sum = sum&0xffff + sum>>16
-	}
-	return uint16(sum)
+	var r [8]byte
+	rand.Read(r[:])
+	return packet.TCP{
+		Src: from, Dst: to, Flags: packet.ACK, Window: 1024, IP: packet.IP{NoDF: true},
+		Seq: binary.BigEndian.Uint32(r[0:]), Ack: binary.BigEndian.Uint32(r[4:]),
+	}.Datagram()
 }

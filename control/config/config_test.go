@@ -1,15 +1,19 @@
-package control
+package config
 
 import (
 	"errors"
 	"io/fs"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/xdplb/xdplb/bpf"
+	"github.com/xdplb/xdplb/control/health"
 )
 
 // guideConfig is the configuration of the guide's HAProxy setup.
@@ -32,7 +36,7 @@ func mustParse(t *testing.T, yaml string) Config {
 }
 
 func TestParseConfigDefaults(t *testing.T) {
-	t.Setenv(BPFFSEnv, "")
+	t.Setenv(bpf.BPFFSEnv, "")
 	cfg := mustParse(t, guideConfig)
 	want := Config{
 		Instance: "default",
@@ -44,14 +48,14 @@ func TestParseConfigDefaults(t *testing.T) {
 			{Addr: netip.MustParseAddrPort("10.10.10.51:6443"), Weight: 1},
 			{Addr: netip.MustParseAddrPort("10.10.10.52:6443"), Weight: 2},
 		},
-		Check:              CheckTLS,
+		Check:              health.CheckTLS,
 		CheckPath:          "/readyz",
 		CheckExpectStatus:  200,
 		Inter:              2 * time.Second,
 		Rise:               2,
 		Fall:               3,
-		Hook:               HookXDP,
-		XDPMode:            XDPModeAuto,
+		Hook:               bpf.HookXDP,
+		XDPMode:            bpf.XDPAuto,
 		MetricsAddr:        "127.0.0.1:9716",
 		BPFFS:              "/sys/fs/bpf",
 		GCInterval:         10 * time.Second,
@@ -63,16 +67,13 @@ func TestParseConfigDefaults(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Errorf("Validate() = %v", err)
 	}
-	wantParams := HealthParams{Inter: 2 * time.Second, FastInter: 2 * time.Second, DownInter: 2 * time.Second,
+	wantParams := health.Params{Inter: 2 * time.Second, FastInter: 2 * time.Second, DownInter: 2 * time.Second,
 		Timeout: time.Second, Rise: 2, Fall: 3}
 	if got := cfg.HealthParams(); got != wantParams {
 		t.Errorf("HealthParams() = %+v, want HAProxy's defaults %+v", got, wantParams)
 	}
 	if got := cfg.ResolvedBackends()[0].Addr.String(); got != "10.10.10.50:6443" {
 		t.Errorf("backend without a port resolves to %s, want 10.10.10.50:6443", got)
-	}
-	if got := cfg.PinDir(); got != "/sys/fs/bpf/xdplb/default" {
-		t.Errorf("PinDir() = %q", got)
 	}
 }
 
@@ -115,12 +116,12 @@ established-timeout: 2h
 			{Addr: netip.MustParseAddrPort("10.10.10.50:0"), Weight: 0},
 			{Addr: netip.MustParseAddrPort("10.10.10.51:6443"), Weight: 1},
 		},
-		Check: CheckHTTPS, CheckPath: "/livez", CheckExpectStatus: 204,
+		Check: health.CheckHTTPS, CheckPath: "/livez", CheckExpectStatus: 204,
 		CheckCA: "/var/lib/rancher/k3s/server/tls/server-ca.crt", CheckCert: "/etc/xdplb/client.crt",
 		CheckKey: "/etc/xdplb/client.key", CheckTokenFile: "/etc/xdplb/token", CheckServerName: "kubernetes",
 		CheckSource: netip.MustParseAddr("10.10.10.97"),
 		Inter:       3 * time.Second, FastInter: time.Second, DownInter: 10 * time.Second, Timeout: 1500 * time.Millisecond,
-		Rise: 3, Fall: 2, Hook: HookTC, XDPMode: XDPModeAuto, SNATPorts: PortRange{61000, 65535},
+		Rise: 3, Fall: 2, Hook: bpf.HookTC, XDPMode: bpf.XDPAuto, SNATPorts: PortRange{61000, 65535},
 		MetricsAddr: ":9716", BPFFS: "/run/bpf", GCInterval: 5 * time.Second, EstablishedTimeout: 2 * time.Hour,
 	}
 	if !reflect.DeepEqual(cfg, want) {
@@ -251,12 +252,12 @@ func TestLoadConfig(t *testing.T) {
 }
 
 func TestDefaultConfigBPFFSFromEnv(t *testing.T) {
-	env := map[string]string{BPFFSEnv: "/tmp/bpffs-test"}
+	env := map[string]string{bpf.BPFFSEnv: "/tmp/bpffs-test"}
 	if got := defaultConfig(func(k string) string { return env[k] }).BPFFS; got != "/tmp/bpffs-test" {
 		t.Errorf("BPFFS = %q, want $XDPLB_BPFFS", got)
 	}
-	if got := defaultConfig(func(string) string { return "" }).BPFFS; got != DefaultBPFFS {
-		t.Errorf("BPFFS = %q, want %s", got, DefaultBPFFS)
+	if got := defaultConfig(func(string) string { return "" }).BPFFS; got != bpf.DefaultBPFFS {
+		t.Errorf("BPFFS = %q, want %s", got, bpf.DefaultBPFFS)
 	}
 }
 
@@ -333,7 +334,7 @@ func TestConfigValidate(t *testing.T) {
 		{"bad expect status", func(c *Config) { c.CheckExpectStatus = 42 }, "check-expect-status 42: want an HTTP status"},
 		{"cert without key", func(c *Config) { c.CheckCert = "/c.crt" }, "check-cert and check-key: set both"},
 		{"key without cert", func(c *Config) { c.CheckKey = "/c.key" }, "check-cert and check-key: set both"},
-		{"ca with tcp check", func(c *Config) { c.Check, c.CheckCA = CheckTCP, "/ca.crt" }, "check-ca: used by check tls or https only"},
+		{"ca with tcp check", func(c *Config) { c.Check, c.CheckCA = health.CheckTCP, "/ca.crt" }, "check-ca: used by check tls or https only"},
 		{"token with tls check", func(c *Config) { c.CheckTokenFile = "/token" }, "check-token-file: used by check https only, and check is tls"},
 		{"check source is the vip", func(c *Config) { c.CheckSource = c.VIP }, "check-source 10.10.10.100: is the vip"},
 		{"check source ipv6", func(c *Config) { c.CheckSource = netip.MustParseAddr("::1") }, "check-source ::1: not an IPv4 address"},
@@ -347,7 +348,7 @@ func TestConfigValidate(t *testing.T) {
 		{"established-timeout 0", func(c *Config) { c.EstablishedTimeout = 0 }, "established-timeout 0s"},
 		{"bad hook", func(c *Config) { c.Hook = "kprobe" }, `hook "kprobe": want xdp or tc`},
 		{"bad xdp mode", func(c *Config) { c.XDPMode = "offload" }, `xdp-mode "offload": want auto, native or generic`},
-		{"xdp mode with tc", func(c *Config) { c.Hook, c.XDPMode = HookTC, XDPModeNative }, "xdp-mode native: applies to hook xdp only"},
+		{"xdp mode with tc", func(c *Config) { c.Hook, c.XDPMode = bpf.HookTC, bpf.XDPNative }, "xdp-mode native: applies to hook xdp only"},
 		{"snat lo > hi", func(c *Config) { c.SNATPorts = PortRange{65000, 61000} }, "snat-ports 65000-61000: 65000 is above 61000"},
 		{"snat below 1024", func(c *Config) { c.SNATPorts = PortRange{80, 2000} }, "snat-ports 80-2000: starts below 1024"},
 		{"snat contains the frontend port", func(c *Config) { c.SNATPorts = PortRange{1024, 65535} },
@@ -386,10 +387,10 @@ func TestConfigValidateAccepts(t *testing.T) {
 		{"metrics disabled", func(c *Config) { c.MetricsAddr = "" }},
 		{"metrics on all addresses", func(c *Config) { c.MetricsAddr = ":9716" }},
 		{"snat range just above the frontend port", func(c *Config) { c.SNATPorts = PortRange{6444, 65535} }},
-		{"tc hook", func(c *Config) { c.Hook = HookTC }},
-		{"tcp check", func(c *Config) { c.Check = CheckTCP }},
+		{"tc hook", func(c *Config) { c.Hook = bpf.HookTC }},
+		{"tcp check", func(c *Config) { c.Check = health.CheckTCP }},
 		{"https with everything", func(c *Config) {
-			c.Check, c.CheckCA, c.CheckCert, c.CheckKey, c.CheckTokenFile = CheckHTTPS, "/ca", "/crt", "/key", "/token"
+			c.Check, c.CheckCA, c.CheckCert, c.CheckKey, c.CheckTokenFile = health.CheckHTTPS, "/ca", "/crt", "/key", "/token"
 		}},
 		{"rise and fall 1", func(c *Config) { c.Rise, c.Fall = 1, 1 }},
 	}
@@ -446,4 +447,22 @@ func TestParseBackend(t *testing.T) {
 			}
 		})
 	}
+}
+
+// errString is err's message, "" for nil.
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// writeFile writes data to a file named name in a fresh temp dir.
+func writeFile(t *testing.T, name string, data []byte) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatalf("write %s: %v", name, err)
+	}
+	return path
 }

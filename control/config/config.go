@@ -1,4 +1,4 @@
-package control
+package config
 
 import (
 	"errors"
@@ -7,47 +7,24 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/xdplb/xdplb/bpf"
+	"github.com/xdplb/xdplb/control/health"
 )
 
 // Defaults of the configuration.
 const (
 	DefaultConfigPath         = "/etc/xdplb/xdplb.yaml"
-	DefaultInstance           = "default"
 	DefaultPort               = 6443
 	DefaultMetricsAddr        = "127.0.0.1:9716"
-	DefaultBPFFS              = "/sys/fs/bpf"
 	DefaultGCInterval         = 10 * time.Second
 	DefaultEstablishedTimeout = time.Hour
-	// BPFFSEnv overrides DefaultBPFFS, e.g. for tests on a private bpffs.
-	BPFFSEnv = "XDPLB_BPFFS"
 	// MaxWeight is HAProxy's highest server weight.
 	MaxWeight = 256
 )
-
-// Hook is where the data plane attaches.
-type Hook string
-
-const (
-	HookXDP Hook = "xdp"
-	HookTC  Hook = "tc"
-)
-
-// XDPMode is how the XDP program attaches.
-type XDPMode string
-
-const (
-	// XDPModeAuto tries native (driver) mode, then falls back to generic.
-	XDPModeAuto    XDPMode = "auto"
-	XDPModeNative  XDPMode = "native"
-	XDPModeGeneric XDPMode = "generic"
-)
-
-// instanceName keeps the instance usable as a bpffs directory name.
-var instanceName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,31}$`)
 
 // Config is the daemon's configuration: DefaultConfig, then the YAML file
 // (ParseConfig), then the command line, which sets fields directly. Fields
@@ -68,12 +45,12 @@ type Config struct {
 	Backends []BackendSpec
 
 	// Check is the health check: tcp, tls or https.
-	Check CheckKind
+	Check health.CheckKind
 	// CheckPath and CheckExpectStatus configure the https check.
 	CheckPath         string
 	CheckExpectStatus int
 	// CheckCA, CheckCert and CheckKey are PEM files; CheckTokenFile holds a
-	// bearer token; see CheckOptions.
+	// bearer token; see health.CheckOptions.
 	CheckCA, CheckCert, CheckKey, CheckTokenFile string
 	// CheckServerName is the TLS server name checks send and verify.
 	CheckServerName string
@@ -87,9 +64,9 @@ type Config struct {
 	Rise, Fall                           int
 
 	// Hook is where the data plane attaches: xdp, or tc where XDP can't run.
-	Hook Hook
+	Hook bpf.Hook
 	// XDPMode is auto, native or generic.
-	XDPMode XDPMode
+	XDPMode bpf.XDPMode
 	// SNATPorts are the source ports of translated flows; zero: chosen at
 	// start by DefaultSNATPorts.
 	SNATPorts PortRange
@@ -153,21 +130,21 @@ func DefaultConfig() Config {
 }
 
 func defaultConfig(getenv func(string) string) Config {
-	bpffs := DefaultBPFFS
-	if v := getenv(BPFFSEnv); v != "" {
+	bpffs := bpf.DefaultBPFFS
+	if v := getenv(bpf.BPFFSEnv); v != "" {
 		bpffs = v
 	}
 	return Config{
-		Instance:           DefaultInstance,
+		Instance:           bpf.DefaultInstance,
 		Port:               DefaultPort,
-		Check:              CheckTLS,
-		CheckPath:          DefaultCheckPath,
-		CheckExpectStatus:  DefaultCheckStatus,
-		Inter:              DefaultInter,
-		Rise:               DefaultRise,
-		Fall:               DefaultFall,
-		Hook:               HookXDP,
-		XDPMode:            XDPModeAuto,
+		Check:              health.CheckTLS,
+		CheckPath:          health.DefaultCheckPath,
+		CheckExpectStatus:  health.DefaultCheckStatus,
+		Inter:              health.DefaultInter,
+		Rise:               health.DefaultRise,
+		Fall:               health.DefaultFall,
+		Hook:               bpf.HookXDP,
+		XDPMode:            bpf.XDPAuto,
 		MetricsAddr:        DefaultMetricsAddr,
 		BPFFS:              bpffs,
 		GCInterval:         DefaultGCInterval,
@@ -192,17 +169,17 @@ func (c *Config) resolve(b BackendSpec) BackendSpec {
 	return b
 }
 
-// HealthParams returns the check timings, HAProxy's defaults applied.
-func (c *Config) HealthParams() HealthParams {
-	return HealthParams{
+// health.Params returns the check timings, HAProxy's defaults applied.
+func (c *Config) HealthParams() health.Params {
+	return health.Params{
 		Inter: c.Inter, FastInter: c.FastInter, DownInter: c.DownInter, Timeout: c.Timeout,
 		Rise: c.Rise, Fall: c.Fall,
 	}.WithDefaults()
 }
 
-// CheckOptions returns the checker options, with checks sent from source
+// health.CheckOptions returns the checker options, with checks sent from source
 // (CheckSource if set, else the node's address the daemon found on Iface).
-func (c *Config) CheckOptions(source netip.Addr) CheckOptions {
+func (c *Config) CheckOptions(source netip.Addr) health.CheckOptions {
 	if c.CheckSource.IsValid() {
 		source = c.CheckSource
 	}
@@ -210,16 +187,11 @@ func (c *Config) CheckOptions(source netip.Addr) CheckOptions {
 	if source.IsValid() {
 		ip = net.IP(source.AsSlice())
 	}
-	return CheckOptions{
+	return health.CheckOptions{
 		SourceIP: ip, CAFile: c.CheckCA, ServerName: c.CheckServerName,
 		CertFile: c.CheckCert, KeyFile: c.CheckKey, TokenFile: c.CheckTokenFile,
 		Path: c.CheckPath, ExpectStatus: c.CheckExpectStatus,
 	}
-}
-
-// PinDir returns the directory of this instance's pinned state.
-func (c *Config) PinDir() string {
-	return filepath.Join(c.BPFFS, "xdplb", c.Instance)
 }
 
 // Validate reports every setting that cannot work, each error naming the
@@ -228,8 +200,8 @@ func (c *Config) Validate() error {
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 
-	if !instanceName.MatchString(c.Instance) {
-		add("instance %q: want 1-32 characters of a-z, 0-9, _ and -, starting with a letter or digit", c.Instance)
+	if err := bpf.ValidateInstance(c.Instance); err != nil {
+		errs = append(errs, err)
 	}
 	switch {
 	case c.Iface == "":
@@ -250,13 +222,13 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.validateTimings()...)
 
 	switch c.Hook {
-	case HookXDP, HookTC:
+	case bpf.HookXDP, bpf.HookTC:
 	default:
 		add("hook %q: want xdp or tc", c.Hook)
 	}
 	switch c.XDPMode {
-	case XDPModeAuto, XDPModeNative, XDPModeGeneric:
-		if c.Hook == HookTC && c.XDPMode != XDPModeAuto {
+	case bpf.XDPAuto, bpf.XDPNative, bpf.XDPGeneric:
+		if c.Hook == bpf.HookTC && c.XDPMode != bpf.XDPAuto {
 			add("xdp-mode %s: applies to hook xdp only; remove it or set hook: xdp", c.XDPMode)
 		}
 	default:
@@ -269,7 +241,7 @@ func (c *Config) Validate() error {
 		add("metrics-addr %q: %w", c.MetricsAddr, err)
 	}
 	if !filepath.IsAbs(c.BPFFS) {
-		add("bpffs %q: want an absolute path to a bpffs mount, e.g. %s", c.BPFFS, DefaultBPFFS)
+		add("bpffs %q: want an absolute path to a bpffs mount, e.g. %s", c.BPFFS, bpf.DefaultBPFFS)
 	}
 	return errors.Join(errs...)
 }
@@ -308,12 +280,12 @@ func (c *Config) validateCheck() []error {
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	switch c.Check {
-	case CheckTCP, CheckTLS, CheckHTTPS:
+	case health.CheckTCP, health.CheckTLS, health.CheckHTTPS:
 	default:
 		add("check %q: want tcp, tls or https", c.Check)
 	}
 	if !strings.HasPrefix(c.CheckPath, "/") {
-		add("check-path %q: must start with /, e.g. %s", c.CheckPath, DefaultCheckPath)
+		add("check-path %q: must start with /, e.g. %s", c.CheckPath, health.DefaultCheckPath)
 	}
 	if c.CheckExpectStatus < 100 || c.CheckExpectStatus > 599 {
 		add("check-expect-status %d: want an HTTP status, 100-599", c.CheckExpectStatus)
@@ -321,7 +293,7 @@ func (c *Config) validateCheck() []error {
 	if (c.CheckCert == "") != (c.CheckKey == "") {
 		add("check-cert and check-key: set both (the client certificate and its key) or neither")
 	}
-	if c.Check == CheckTCP {
+	if c.Check == health.CheckTCP {
 		for _, f := range []struct{ key, value string }{
 			{"check-ca", c.CheckCA}, {"check-cert", c.CheckCert}, {"check-key", c.CheckKey},
 			{"check-server-name", c.CheckServerName},
@@ -331,7 +303,7 @@ func (c *Config) validateCheck() []error {
 			}
 		}
 	}
-	if c.CheckTokenFile != "" && c.Check != CheckHTTPS {
+	if c.CheckTokenFile != "" && c.Check != health.CheckHTTPS {
 		add("check-token-file: used by check https only, and check is %s", c.Check)
 	}
 	if c.CheckSource.IsValid() {
@@ -360,10 +332,10 @@ func (c *Config) validateTimings() []error {
 		}
 	}
 	if c.Rise < 1 {
-		add("rise %d: want at least 1 (default %d)", c.Rise, DefaultRise)
+		add("rise %d: want at least 1 (default %d)", c.Rise, health.DefaultRise)
 	}
 	if c.Fall < 1 {
-		add("fall %d: want at least 1 (default %d)", c.Fall, DefaultFall)
+		add("fall %d: want at least 1 (default %d)", c.Fall, health.DefaultFall)
 	}
 	if c.GCInterval <= 0 {
 		add("gc-interval %v: want a positive duration, e.g. %v", c.GCInterval, DefaultGCInterval)

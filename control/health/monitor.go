@@ -1,4 +1,4 @@
-package control
+package health
 
 import (
 	"context"
@@ -17,8 +17,8 @@ type Checker interface {
 	Check(ctx context.Context, addr string) error
 }
 
-// BackendStatus is a backend's health as a Monitor last saw it.
-type BackendStatus struct {
+// Status is a backend's health as a Monitor last saw it.
+type Status struct {
 	Key       string
 	Up        bool
 	Successes int
@@ -28,18 +28,35 @@ type BackendStatus struct {
 	Line string
 }
 
+// Event is one check's result and what it decided, as a Monitor reports it
+// to its owner after every check.
+type Event struct {
+	// Key is the backend, "ip:port".
+	Key string
+	// At is when the check started; Took how long it ran.
+	At   time.Time
+	Took time.Duration
+	// Outcome and Detail are what the check found.
+	Outcome Outcome
+	Detail  string
+	// Transition is set when the backend changed state.
+	Transition *Transition
+	// DropConnections: the backend's kept connections are dead now (see
+	// Verdict); remove them.
+	DropConnections bool
+}
+
 // Monitor checks a set of backends, each on its own goroutine and schedule,
-// and reports every change of state.
+// and reports every check and what it decided.
 //
 // Each backend is checked at once when added, then after the interval its
-// Health picks (inter, fastinter or downinter), counted from the end of the
-// previous check. The Clock drives the schedule; the check's timeout is
-// wall-clock time, because it becomes the sockets' deadlines.
+// Health picks (inter, fastinter or downinter), counted from the start of
+// the previous check. Time is the time package's, so tests run whole
+// schedules in a testing/synctest bubble.
 type Monitor struct {
-	clock   Clock
 	checker Checker
-	params  HealthParams
-	notify  func(Transition)
+	params  Params
+	notify  func(Event)
 	// notifyMu serializes notify, so that the daemon can update its table
 	// from the callback without a lock of its own.
 	notifyMu sync.Mutex
@@ -57,26 +74,24 @@ type watchedBackend struct {
 	key    string
 	health *Health
 	wake   chan struct{} // capacity 1: hints coalesce
-	cancel context.CancelFunc
-	done   chan struct{}
 }
 
 // NewMonitor returns a Monitor that checks with checker at the timings of
-// params (defaults applied) and calls notify with every change of state.
-// notify is called from the Monitor's goroutines, one call at a time; it
-// may call Status, Statuses and Hint, but not Remove or Stop, which wait for
-// those goroutines.
-func NewMonitor(clock Clock, checker Checker, params HealthParams, notify func(Transition)) (*Monitor, error) {
+// params (defaults applied) and calls notify after every check. notify is
+// called from the Monitor's goroutines, one call at a time; it may call
+// Status, Statuses and Hint, but not Stop, which waits for those
+// goroutines.
+func NewMonitor(checker Checker, params Params, notify func(Event)) (*Monitor, error) {
 	params = params.WithDefaults()
 	if err := params.Validate(); err != nil {
 		return nil, fmt.Errorf("health check timings: %w", err)
 	}
 	if notify == nil {
-		notify = func(Transition) {}
+		notify = func(Event) {}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Monitor{
-		clock: clock, checker: checker, params: params, notify: notify,
+		checker: checker, params: params, notify: notify,
 		ctx: ctx, cancel: cancel, backends: map[string]*watchedBackend{},
 	}, nil
 }
@@ -92,30 +107,11 @@ func (m *Monitor) Add(key string, initialUp bool) error {
 	if _, ok := m.backends[key]; ok {
 		return fmt.Errorf("add backend %s: already monitored", key)
 	}
-	ctx, cancel := context.WithCancel(m.ctx)
-	b := &watchedBackend{
-		key: key, health: NewHealth(m.params, initialUp),
-		wake: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{}),
-	}
+	b := &watchedBackend{key: key, health: NewHealth(m.params, initialUp), wake: make(chan struct{}, 1)}
 	m.backends[key] = b
 	m.wg.Add(1)
-	go m.run(ctx, b)
+	go m.run(m.ctx, b)
 	return nil
-}
-
-// Remove stops checking the backend at key and waits for its goroutine to
-// end. It reports whether the backend was monitored.
-func (m *Monitor) Remove(key string) bool {
-	m.mu.Lock()
-	b, ok := m.backends[key]
-	delete(m.backends, key)
-	m.mu.Unlock()
-	if !ok {
-		return false
-	}
-	b.cancel()
-	<-b.done
-	return true
 }
 
 // Hint asks for a check of the backend at key at once (at most one per
@@ -138,25 +134,25 @@ func (m *Monitor) Hint(key string) bool {
 }
 
 // Status returns the health of the backend at key.
-func (m *Monitor) Status(key string) (BackendStatus, bool) {
+func (m *Monitor) Status(key string) (Status, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	b, ok := m.backends[key]
 	if !ok {
-		return BackendStatus{}, false
+		return Status{}, false
 	}
 	return b.status(), true
 }
 
 // Statuses returns the health of every backend, sorted by key.
-func (m *Monitor) Statuses() []BackendStatus {
+func (m *Monitor) Statuses() []Status {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := make([]BackendStatus, 0, len(m.backends))
+	out := make([]Status, 0, len(m.backends))
 	for _, b := range m.backends {
 		out = append(out, b.status())
 	}
-	slices.SortFunc(out, func(a, b BackendStatus) int { return strings.Compare(a.Key, b.Key) })
+	slices.SortFunc(out, func(a, b Status) int { return strings.Compare(a.Key, b.Key) })
 	return out
 }
 
@@ -170,36 +166,38 @@ func (m *Monitor) Stop() {
 	m.wg.Wait()
 }
 
-func (b *watchedBackend) status() BackendStatus {
+func (b *watchedBackend) status() Status {
 	h := b.health
-	return BackendStatus{
+	return Status{
 		Key: b.key, Up: h.Up(), Successes: h.Successes(), Failures: h.Failures(),
 		Detail: h.Detail(), Line: h.Describe(b.key),
 	}
 }
 
 // run is the schedule of one backend: check, feed the result to its Health,
-// report a change, wait for the next check or a hint.
+// report it, wait for the next check or a hint.
 func (m *Monitor) run(ctx context.Context, b *watchedBackend) {
 	defer m.wg.Done()
-	defer close(b.done)
 	var last time.Time // zero: never checked, check at once
 	for {
 		if !last.IsZero() {
 			m.mu.Lock()
 			next := b.health.NextCheck(last)
 			m.mu.Unlock()
-			if wait := next.Sub(m.clock.Now()); wait > 0 {
+			if wait := time.Until(next); wait > 0 {
+				timer := time.NewTimer(wait)
 				select {
 				case <-ctx.Done():
+					timer.Stop()
 					return
 				case <-b.wake:
+					timer.Stop()
 					continue // hinted: NextCheck now says when
-				case <-m.clock.After(wait):
+				case <-timer.C:
 				}
 			}
 		}
-		at := m.clock.Now()
+		at := time.Now()
 		err := m.check(ctx, b.key)
 		if ctx.Err() != nil {
 			return // stopped mid-check: the failure says nothing of the backend
@@ -209,20 +207,19 @@ func (m *Monitor) run(ctx context.Context, b *watchedBackend) {
 		// backend is down within fall x inter + timeout.
 		last = at
 
-		detail := checkDetail(m.checker, err)
+		ev := Event{Key: b.key, At: at, Took: time.Since(at), Outcome: Classify(err), Detail: checkDetail(m.checker, err)}
 		m.mu.Lock()
-		changed := b.health.Observe(err == nil, detail)
-		var tr Transition
-		if changed {
-			tr = b.health.transition(b.key)
+		v := b.health.Observe(ev.Outcome, ev.Detail)
+		if v.Changed {
+			tr := b.health.transition(b.key)
 			tr.At = at
+			ev.Transition = &tr
 		}
+		ev.DropConnections = v.DropConnections
 		m.mu.Unlock()
-		if changed {
-			m.notifyMu.Lock()
-			m.notify(tr)
-			m.notifyMu.Unlock()
-		}
+		m.notifyMu.Lock()
+		m.notify(ev)
+		m.notifyMu.Unlock()
 	}
 }
 

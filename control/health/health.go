@@ -1,4 +1,14 @@
-package control
+// Package health decides when a backend is up or down, and what becomes of
+// its connections when it goes: HAProxy's check state machine (rise, fall,
+// inter, fastinter, downinter) per backend, the scheduler that runs the
+// checks (Monitor), the checks themselves (tcp connect, TLS handshake,
+// HTTPS GET), and the policy for a failing backend's tracked connections.
+//
+// It may open connections to backends and read the check's credential
+// files; it touches nothing of the node (no BPF, no netlink, no sysctl) and
+// imports nothing of xdplb's. Tests drive the scheduler with testing/synctest
+// and the checkers against local listeners on 127.0.0.1.
+package health
 
 import (
 	"errors"
@@ -9,7 +19,7 @@ import (
 // HAProxy's defaults, so that the guide's settings carry over unchanged.
 const (
 	DefaultInter = 2 * time.Second
-	// DefaultMaxTimeout caps the default check timeout (see HealthParams).
+	// DefaultMaxTimeout caps the default check timeout (see Params).
 	DefaultMaxTimeout = time.Second
 	DefaultRise       = 2
 	DefaultFall       = 3
@@ -20,8 +30,8 @@ const (
 // be thousands of times a second; this keeps the checks to a few a second.
 const HintMinGap = 200 * time.Millisecond
 
-// HealthParams are HAProxy's check timings, under HAProxy's names.
-type HealthParams struct {
+// Params are HAProxy's check timings, under HAProxy's names.
+type Params struct {
 	// Inter is the interval between checks of a backend that is fully up.
 	Inter time.Duration
 	// FastInter is the interval while a backend is changing state: up with
@@ -42,7 +52,7 @@ type HealthParams struct {
 
 // WithDefaults returns p with HAProxy's defaults for every field left zero:
 // inter 2s, fastinter, downinter and timeout equal to inter, rise 2, fall 3.
-func (p HealthParams) WithDefaults() HealthParams {
+func (p Params) WithDefaults() Params {
 	if p.Inter == 0 {
 		p.Inter = DefaultInter
 	}
@@ -66,7 +76,7 @@ func (p HealthParams) WithDefaults() HealthParams {
 
 // Validate reports every field that cannot drive a check schedule. Call it
 // on the result of WithDefaults: zero durations are invalid here.
-func (p HealthParams) Validate() error {
+func (p Params) Validate() error {
 	var errs []error
 	for _, d := range []struct {
 		name  string
@@ -90,10 +100,16 @@ func (p HealthParams) Validate() error {
 // clears them; while down, consecutive successes count towards Rise and a
 // failure clears them. It is not safe for concurrent use.
 type Health struct {
-	params    HealthParams
+	params    Params
 	up        bool
 	successes int // consecutive successes while down
 	failures  int // consecutive failures while up
+	// noAnswer counts consecutive checks that got no answer at all, in
+	// either state; an answer of any kind ("not ready" too) clears it.
+	noAnswer int
+	// connsKept: down, and its tracked connections were left alone
+	// because it still answered (see Verdict).
+	connsKept bool
 	detail    string
 	// progress is the count shown in the log line: the counter that moved
 	// at the last observation, or Rise/Fall when it flipped the state (the
@@ -112,17 +128,74 @@ type Health struct {
 // first failure alone brings them down; xdplb does not, because it restarts
 // on every upgrade and one unlucky check must not move every flow of a
 // healthy backend. A backend that starts down takes Rise successes to come up.
-func NewHealth(params HealthParams, initialUp bool) *Health {
+func NewHealth(params Params, initialUp bool) *Health {
 	return &Health{params: params, up: initialUp, detail: "not checked yet"}
 }
 
-// Observe feeds the result of one check, with detail saying what it found
+// Outcome is what one check found.
+type Outcome int
+
+const (
+	// Healthy: the check passed.
+	Healthy Outcome = iota
+	// NotReady: the server answered, but says it is not ready (https
+	// status other than the expected one, e.g. /readyz 503). Its
+	// established connections may well go on working.
+	NotReady
+	// NoAnswer: no answer at all (refused, reset, timed out, broken TLS):
+	// its connections are most likely dead too.
+	NoAnswer
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Healthy:
+		return "healthy"
+	case NotReady:
+		return "not ready"
+	}
+	return "no answer"
+}
+
+// Classify turns a checker's error into an Outcome.
+func Classify(err error) Outcome {
+	switch {
+	case err == nil:
+		return Healthy
+	case IsNotReady(err):
+		return NotReady
+	}
+	return NoAnswer
+}
+
+// Verdict is what one observation decided.
+type Verdict struct {
+	// Changed: the backend went up or down (Health.Up says which).
+	Changed bool
+	// KeepConnections, on a change to down: leave the backend's tracked
+	// connections alone. It answered "not ready" in at least one of the
+	// failures that took it down, so its connections may still work; a
+	// backend that did not answer fall times in a row loses them at once.
+	KeepConnections bool
+	// DropConnections: a down backend whose connections were kept has now
+	// gone fall checks in a row without any answer: they are dead, remove
+	// them (and reset their clients) now.
+	DropConnections bool
+}
+
+// Observe feeds the outcome of one check, with detail saying what it found
 // (the log line's reason, e.g. "tls handshake: connection refused"). It
-// reports whether the backend changed state, and clears any pending hint.
-func (h *Health) Observe(ok bool, detail string) (changed bool) {
+// reports what changed, and clears any pending hint.
+func (h *Health) Observe(o Outcome, detail string) (v Verdict) {
 	h.detail = detail
 	h.hinted = false
-	defer func() { h.flipped = changed }()
+	defer func() { h.flipped = v.Changed }()
+	if o == NoAnswer {
+		h.noAnswer++
+	} else {
+		h.noAnswer = 0
+	}
+	ok := o == Healthy
 	switch {
 	case ok && h.up:
 		h.failures = 0
@@ -131,20 +204,31 @@ func (h *Health) Observe(ok bool, detail string) (changed bool) {
 		h.successes++
 		h.progress = h.successes
 		if h.successes >= h.params.Rise {
-			h.up, h.successes, changed = true, 0, true
+			h.up, h.successes, v.Changed = true, 0, true
+			h.connsKept = false
 		}
 	case !ok && h.up:
 		h.failures++
 		h.progress = h.failures
 		if h.failures >= h.params.Fall {
-			h.up, h.failures, changed = false, 0, true
+			h.up, h.failures, v.Changed = false, 0, true
+			v.KeepConnections = h.noAnswer < h.params.Fall
+			h.connsKept = v.KeepConnections
 		}
 	case !ok && !h.up:
 		h.successes = 0
 		h.progress = 0
+		if h.connsKept && h.noAnswer >= h.params.Fall {
+			v.DropConnections = true
+			h.connsKept = false
+		}
 	}
-	return changed
+	return v
 }
+
+// ConnectionsKept reports whether the backend is down with its
+// connections left alone (see Verdict.KeepConnections).
+func (h *Health) ConnectionsKept() bool { return h.connsKept }
 
 // Up reports whether the backend is up: in the table, taking new flows.
 func (h *Health) Up() bool { return h.up }
@@ -159,7 +243,7 @@ func (h *Health) Failures() int { return h.failures }
 func (h *Health) Detail() string { return h.detail }
 
 // Params returns the timings the state machine runs with.
-func (h *Health) Params() HealthParams { return h.params }
+func (h *Health) Params() Params { return h.params }
 
 // Interval returns the time to wait before the next check, as HAProxy picks
 // it: inter when fully up, downinter when fully down, fastinter while a
@@ -212,7 +296,7 @@ func (h *Health) transition(addr string) Transition {
 	if h.up == h.flipped {
 		need = h.params.Rise
 	}
-	return Transition{Key: addr, Up: h.up, Detail: h.detail, Count: h.progress, Need: need}
+	return Transition{Key: addr, Up: h.up, Detail: h.detail, Count: h.progress, Need: need, KeepConnections: h.connsKept}
 }
 
 // Transition is a backend changing state, as reported by a Monitor.
@@ -226,8 +310,11 @@ type Transition struct {
 	// Count of Need consecutive results brought the change: Fall failures
 	// to go down, Rise successes to come up.
 	Count, Need int
-	// At is the time of the check that decided it, on the Monitor's clock.
+	// At is the time of the check that decided it.
 	At time.Time
+	// KeepConnections, going down: the backend's tracked connections stay
+	// (see Verdict).
+	KeepConnections bool
 }
 
 // String returns the log line, e.g.

@@ -1,6 +1,8 @@
-package control
+package health
 
 import (
+	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -8,7 +10,7 @@ import (
 
 // testParams has distinct intervals so that each test can tell which one
 // the state machine picked.
-var testParams = HealthParams{
+var testParams = Params{
 	Inter: 2 * time.Second, FastInter: 500 * time.Millisecond, DownInter: 5 * time.Second,
 	Timeout: time.Second, Rise: 2, Fall: 3,
 }
@@ -16,23 +18,23 @@ var testParams = HealthParams{
 func TestHealthParamsWithDefaults(t *testing.T) {
 	tests := []struct {
 		name string
-		in   HealthParams
-		want HealthParams
+		in   Params
+		want Params
 	}{
 		{
 			name: "all zero: HAProxy defaults",
-			in:   HealthParams{},
-			want: HealthParams{Inter: 2 * time.Second, FastInter: 2 * time.Second, DownInter: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3},
+			in:   Params{},
+			want: Params{Inter: 2 * time.Second, FastInter: 2 * time.Second, DownInter: 2 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3},
 		},
 		{
 			name: "fastinter and downinter follow inter, timeout capped at 1s",
-			in:   HealthParams{Inter: 5 * time.Second},
-			want: HealthParams{Inter: 5 * time.Second, FastInter: 5 * time.Second, DownInter: 5 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3},
+			in:   Params{Inter: 5 * time.Second},
+			want: Params{Inter: 5 * time.Second, FastInter: 5 * time.Second, DownInter: 5 * time.Second, Timeout: time.Second, Rise: 2, Fall: 3},
 		},
 		{
 			name: "timeout follows a short inter",
-			in:   HealthParams{Inter: 300 * time.Millisecond},
-			want: HealthParams{Inter: 300 * time.Millisecond, FastInter: 300 * time.Millisecond, DownInter: 300 * time.Millisecond, Timeout: 300 * time.Millisecond, Rise: 2, Fall: 3},
+			in:   Params{Inter: 300 * time.Millisecond},
+			want: Params{Inter: 300 * time.Millisecond, FastInter: 300 * time.Millisecond, DownInter: 300 * time.Millisecond, Timeout: 300 * time.Millisecond, Rise: 2, Fall: 3},
 		},
 		{
 			name: "set values kept",
@@ -56,15 +58,15 @@ func TestHealthParamsWithDefaults(t *testing.T) {
 func TestHealthParamsValidate(t *testing.T) {
 	tests := []struct {
 		name   string
-		modify func(*HealthParams)
+		modify func(*Params)
 		want   string
 	}{
-		{"zero inter", func(p *HealthParams) { p.Inter = 0 }, "inter 0s: must be a positive duration"},
-		{"negative fastinter", func(p *HealthParams) { p.FastInter = -time.Second }, "fastinter -1s: must be a positive duration"},
-		{"zero downinter", func(p *HealthParams) { p.DownInter = 0 }, "downinter 0s"},
-		{"zero timeout", func(p *HealthParams) { p.Timeout = 0 }, "timeout 0s"},
-		{"zero rise", func(p *HealthParams) { p.Rise = 0 }, "rise 0: must be at least 1"},
-		{"negative fall", func(p *HealthParams) { p.Fall = -2 }, "fall -2: must be at least 1"},
+		{"zero inter", func(p *Params) { p.Inter = 0 }, "inter 0s: must be a positive duration"},
+		{"negative fastinter", func(p *Params) { p.FastInter = -time.Second }, "fastinter -1s: must be a positive duration"},
+		{"zero downinter", func(p *Params) { p.DownInter = 0 }, "downinter 0s"},
+		{"zero timeout", func(p *Params) { p.Timeout = 0 }, "timeout 0s"},
+		{"zero rise", func(p *Params) { p.Rise = 0 }, "rise 0: must be at least 1"},
+		{"negative fall", func(p *Params) { p.Fall = -2 }, "fall -2: must be at least 1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -76,6 +78,16 @@ func TestHealthParamsValidate(t *testing.T) {
 			}
 		})
 	}
+}
+
+var epoch = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+
+// outcome is a passing check or one that got no answer.
+func outcome(ok bool) Outcome {
+	if ok {
+		return Healthy
+	}
+	return NoAnswer
 }
 
 // step is one check fed to a Health and what must follow from it.
@@ -94,7 +106,7 @@ func runSteps(t *testing.T, h *Health, steps []step) {
 		if !s.ok {
 			detail = "tls handshake: connection refused"
 		}
-		changed := h.Observe(s.ok, detail)
+		changed := h.Observe(outcome(s.ok), detail).Changed
 		if changed != s.wantChanged {
 			t.Errorf("step %d (ok=%v): changed = %v, want %v", i, s.ok, changed, s.wantChanged)
 		}
@@ -219,13 +231,13 @@ func TestHealthInitialState(t *testing.T) {
 
 func TestHealthCounters(t *testing.T) {
 	h := NewHealth(testParams, true)
-	h.Observe(false, "x")
-	h.Observe(false, "y")
+	h.Observe(NoAnswer, "x")
+	h.Observe(NoAnswer, "y")
 	if h.Failures() != 2 || h.Successes() != 0 || h.Detail() != "y" {
 		t.Errorf("after 2 failures: Failures()=%d Successes()=%d Detail()=%q, want 2, 0, \"y\"", h.Failures(), h.Successes(), h.Detail())
 	}
-	h.Observe(false, "z") // down, counters reset
-	h.Observe(true, "ok")
+	h.Observe(NoAnswer, "z") // down, counters reset
+	h.Observe(Healthy, "ok")
 	if h.Failures() != 0 || h.Successes() != 1 {
 		t.Errorf("down then 1 success: Failures()=%d Successes()=%d, want 0, 1", h.Failures(), h.Successes())
 	}
@@ -262,7 +274,7 @@ func TestHealthHint(t *testing.T) {
 	t.Run("a check clears the hint", func(t *testing.T) {
 		h := NewHealth(testParams, true)
 		h.Hint()
-		h.Observe(true, "ok")
+		h.Observe(Healthy, "ok")
 		if h.Hinted() {
 			t.Error("Hinted() = true after a check")
 		}
@@ -280,4 +292,89 @@ func TestHealthHint(t *testing.T) {
 			t.Errorf("NextCheck() = last+%v, want last+50ms", got.Sub(last))
 		}
 	})
+}
+
+// TestConnectionPolicy: what becomes of a failing backend's connections.
+// A backend that still answers "not ready" keeps them when it goes down;
+// one that answered nothing fall times in a row loses them, at once or
+// later, once; a backend that comes back clears the slate.
+func TestConnectionPolicy(t *testing.T) {
+	const (
+		ok = Healthy
+		nr = NotReady
+		na = NoAnswer
+	)
+	type want struct {
+		changed, keep, drop bool
+	}
+	tests := []struct {
+		name      string
+		initialUp bool
+		outcomes  []Outcome
+		want      []want // per outcome
+	}{
+		{
+			name: "no answer fall times: down, connections dropped with it", initialUp: true,
+			outcomes: []Outcome{na, na, na, na},
+			want:     []want{{}, {}, {changed: true}, {}},
+		},
+		{
+			name: "not ready: down, connections kept while it keeps answering", initialUp: true,
+			outcomes: []Outcome{nr, nr, nr, nr, nr},
+			want:     []want{{}, {}, {changed: true, keep: true}, {}, {}},
+		},
+		{
+			name: "not ready, then no answer fall times: kept, then dropped once", initialUp: true,
+			outcomes: []Outcome{nr, nr, nr, na, na, na, na},
+			want:     []want{{}, {}, {changed: true, keep: true}, {}, {}, {drop: true}, {}},
+		},
+		{
+			name: "one not ready among the failures keeps them", initialUp: true,
+			outcomes: []Outcome{na, na, nr},
+			want:     []want{{}, {}, {changed: true, keep: true}},
+		},
+		{
+			name: "a not ready answer restarts the count of no answers", initialUp: true,
+			outcomes: []Outcome{nr, nr, nr, na, na, nr, na, na, na},
+			want:     []want{{}, {}, {changed: true, keep: true}, {}, {}, {}, {}, {}, {drop: true}},
+		},
+		{
+			name: "back up: nothing kept any more", initialUp: true,
+			outcomes: []Outcome{nr, nr, nr, ok, ok, na, na, na},
+			want:     []want{{}, {}, {changed: true, keep: true}, {}, {changed: true}, {}, {}, {changed: true}},
+		},
+		{
+			name: "starting down (a restart): nothing was kept, nothing to drop", initialUp: false,
+			outcomes: []Outcome{na, na, na, na},
+			want:     []want{{}, {}, {}, {}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := NewHealth(testParams, tt.initialUp)
+			for i, o := range tt.outcomes {
+				v := h.Observe(o, o.String())
+				got := want{v.Changed, v.KeepConnections, v.DropConnections}
+				if got != tt.want[i] {
+					t.Errorf("check %d (%s): %+v, want %+v", i, o, got, tt.want[i])
+				}
+			}
+		})
+	}
+}
+
+func TestClassify(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want Outcome
+	}{
+		{nil, Healthy},
+		{&CheckError{Step: "https GET", Err: &StatusError{Code: 503}}, NotReady},
+		{&CheckError{Step: "tls handshake", Err: errors.New("connection refused")}, NoAnswer},
+		{context.DeadlineExceeded, NoAnswer},
+	} {
+		if got := Classify(c.err); got != c.want {
+			t.Errorf("Classify(%v) = %s, want %s", c.err, got, c.want)
+		}
+	}
 }
