@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"runtime"
-	"sort"
 	"strings"
 	"time"
 )
@@ -137,23 +135,6 @@ func cmdRun(ctx context.Context, e *env, args []string) error {
 
 func printTail(w io.Writer, res *bootResult, logPath string) {
 	fmt.Fprintf(w, "---- last lines of the guest console (%s) ----\n%s\n---- end ----\n", logPath, res.tail)
-}
-
-// logFile names a new console log and prunes old ones.
-func (c *cache) logFile(kind, name string) string {
-	dir := os.Getenv("XDPLB_VM_LOGDIR")
-	if dir == "" {
-		dir = c.path("logs")
-	}
-	os.MkdirAll(dir, 0o755) // an error shows when the log is created
-	if old, _ := filepath.Glob(filepath.Join(dir, "*.log")); len(old) > 100 {
-		sort.Strings(old)
-		for _, f := range old[:len(old)-100] {
-			os.Remove(f)
-		}
-	}
-	stamp := time.Now().UTC().Format("20060102T150405.000")
-	return filepath.Join(dir, fmt.Sprintf("%s-%s-%s.log", stamp, kind, name))
 }
 
 func cmdAccel(e *env, args []string) error {

@@ -5,7 +5,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
@@ -126,45 +125,6 @@ func TestCpio(t *testing.T) {
 	}
 }
 
-func TestAptURIs(t *testing.T) {
-	deb822 := `Types: deb
-URIs: http://mirror.example/debian
-Suites: bookworm bookworm-updates
-Components: main
-
-Types: deb-src
-URIs: http://src.example/debian
-Suites: bookworm
-
-Types: deb
-URIs: http://mirror.example/debian-security/
-Suites: bookworm-security
-`
-	oneLine := `# comment
-deb [arch=amd64 signed-by=/k.gpg] http://other.example/debian bookworm main
-deb-src http://src.example/debian bookworm main
-deb http://other.example/debian-security bookworm-security main
-`
-	tests := []struct {
-		name             string
-		text             string
-		deb822           bool
-		mirror, security string
-	}{
-		{"deb822", deb822, true, "http://mirror.example/debian", "http://mirror.example/debian-security"},
-		{"one-line with options", oneLine, false, "http://other.example/debian", "http://other.example/debian-security"},
-		{"no security archive", "deb http://m.example/debian bookworm main\n", false, "http://m.example/debian", "http://m.example/debian-security"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			m, s := pickMirrors(aptURIs(tt.text, tt.deb822))
-			if m != tt.mirror || s != tt.security {
-				t.Errorf("mirrors = %q, %q; want %q, %q", m, s, tt.mirror, tt.security)
-			}
-		})
-	}
-}
-
 func TestKernelDep(t *testing.T) {
 	tests := map[string]string{
 		"linux-image-6.1.0-56-amd64 (= 6.1.192-2)":                            "linux-image-6.1.0-56-amd64",
@@ -257,20 +217,5 @@ func TestMatrixScriptAndTracker(t *testing.T) {
 	passed, failed := printMatrix(&buf, []*kernelReport{kr}, time.Second)
 	if passed != 2 || failed != 1 || !strings.Contains(buf.String(), "vm-matrix: 2 passed, 1 failed") {
 		t.Errorf("printMatrix = %d, %d:\n%s", passed, failed, buf.String())
-	}
-}
-
-func TestExtractTarAndPVH(t *testing.T) {
-	// A bzImage whose payload is not a PVH ELF: extractVmlinux must refuse.
-	dir := t.TempDir()
-	bz := filepath.Join(dir, "vmlinuz")
-	if err := os.WriteFile(bz, []byte("MZ not a kernel"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := extractVmlinux(bz, filepath.Join(dir, "vmlinux")); err == nil {
-		t.Error("extractVmlinux accepted a file without a kernel")
-	}
-	if _, err := os.Stat(filepath.Join(dir, "vmlinux")); err == nil {
-		t.Error("extractVmlinux left a file behind")
 	}
 }

@@ -1,0 +1,142 @@
+// Package deb reads Debian binary packages (.deb files) of any kind: their
+// control fields, the files of their data archive, and Debian control data in
+// general (a package's control file, `apt-cache show`, deb822 .sources).
+//
+// It reads packages with dpkg-deb, which knows every compression a .deb may
+// use (xz, zstd, gzip or none), and installs nothing: Extract writes files
+// into a directory the caller names, and nowhere else.
+package deb
+
+import (
+	"archive/tar"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// Fields returns the named control fields of the package in file (all of
+// them when no name is given), e.g. Fields(f, "Package", "Version").
+func Fields(file string, names ...string) (map[string]string, error) {
+	out, err := exec.Command("dpkg-deb", append([]string{"-f", file}, names...)...).Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return nil, fmt.Errorf("dpkg-deb -f %s: %w: %s", file, err, strings.TrimSpace(string(ee.Stderr)))
+		}
+		return nil, fmt.Errorf("run dpkg-deb (apt-get install dpkg): %w", err)
+	}
+	return ParseControl(string(out)), nil
+}
+
+// KeepFunc says where a path of the data archive goes under the directory
+// Extract writes to, or that it is not wanted (false). It sees names as
+// dpkg-deb lists them ("./usr/lib/...").
+type KeepFunc func(name string) (dst string, keep bool)
+
+// Extract writes the files of the package's data archive that keep wants into
+// dir. A destination that would leave dir is an error. Directories and
+// regular files are written (0755 and 0644: modes and owners are not kept);
+// links and special files are skipped.
+func Extract(file, dir string, keep KeepFunc) error {
+	cmd := exec.Command("dpkg-deb", "--fsys-tarfile", file)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("run dpkg-deb (apt-get install dpkg): %w", err)
+	}
+	xerr := extractTar(out, dir, keep)
+	io.Copy(io.Discard, out) // let dpkg-deb finish writing
+	werr := cmd.Wait()
+	if xerr != nil {
+		return xerr
+	}
+	if werr != nil {
+		return fmt.Errorf("dpkg-deb --fsys-tarfile: %w: %s", werr, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
+// extractTar writes the entries of the tar stream r that keep wants into dir,
+// through an os.Root so that no name can reach outside it.
+func extractTar(r io.Reader, dir string, keep KeepFunc) error {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	tr := tar.NewReader(r)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read package data: %w", err)
+		}
+		name, ok := keep(h.Name)
+		if !ok || name == "" || filepath.Clean(name) == "." { // dir itself
+			continue
+		}
+		if !filepath.IsLocal(name) {
+			return fmt.Errorf("package data: %q would be written outside %s", h.Name, dir)
+		}
+		switch h.Typeflag {
+		case tar.TypeDir:
+			if err := root.MkdirAll(name, 0o755); err != nil {
+				return err
+			}
+		case tar.TypeReg:
+			if err := root.MkdirAll(filepath.Dir(name), 0o755); err != nil {
+				return err
+			}
+			f, err := root.OpenFile(name, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+			if err != nil {
+				return err
+			}
+			_, err = io.Copy(f, tr)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// ParseControl reads the first stanza of Debian control data: "Key: value"
+// lines, with continuation lines (starting with a space or a tab) appended to
+// the field's value after a newline.
+func ParseControl(s string) map[string]string {
+	fields := map[string]string{}
+	last := ""
+	for _, line := range strings.Split(s, "\n") {
+		if line == "" {
+			if len(fields) > 0 {
+				break
+			}
+			continue
+		}
+		if line[0] == ' ' || line[0] == '\t' {
+			if last != "" {
+				fields[last] += "\n" + strings.TrimSpace(line)
+			}
+			continue
+		}
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		last = k
+		fields[k] = strings.TrimSpace(v)
+	}
+	return fields
+}
