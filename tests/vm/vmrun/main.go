@@ -46,7 +46,12 @@ type exitError struct {
 	err  error
 }
 
-func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit code %d", e.code)
+	}
+	return e.err.Error()
+}
 func (e *exitError) Unwrap() error { return e.err }
 
 func vmrun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -64,7 +69,7 @@ func vmrun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "matrix":
 		err = cmdMatrix(ctx, env, args[1:])
 	case "accel":
-		err = cmdAccel(env, args[1:])
+		err = cmdAccel(env)
 	case "-h", "-help", "--help", "help":
 		usage(stdout)
 		return 0
@@ -93,7 +98,7 @@ func vmrun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
   vmrun fetch [-refresh] KERNEL...
-  vmrun run [-timeout 10m] [-mem 1024] [-smp 2] [-accel auto|kvm|tcg] [-log FILE] [-e KEY=VAL] [-v] KERNEL -- COMMAND...
+  vmrun run [-refresh] [-timeout 10m] [-mem 1024] [-smp 2] [-accel auto|kvm|tcg] [-log FILE] [-e KEY=VAL] [-v] KERNEL -- COMMAND...
   vmrun matrix [-kernels host,bullseye,bookworm] [-timeout 20m] [-test-timeout 10m] [-log-dir DIR] [-q] -- TEST...
   vmrun accel
 

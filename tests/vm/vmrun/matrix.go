@@ -36,7 +36,7 @@ func (t *testResult) passed() bool { return t.ran && t.rc == 0 }
 type kernelReport struct {
 	spec    string
 	kernel  string // release and package
-	how     string // native, tcg or kvm
+	accel   string // kvm or tcg; native on the host
 	boot    time.Duration
 	total   time.Duration
 	logPath string
@@ -64,10 +64,6 @@ func cmdMatrix(ctx context.Context, e *env, args []string) error {
 	if !ok || len(tests) == 0 || fs.NArg() != 0 {
 		return &exitError{code: exitUsage, err: errors.New("usage: vmrun matrix [flags] -- TEST... (each TEST a shell command, e.g. 'bin/vm/loader.test -test.v')")}
 	}
-	vars, err := vf.envMap()
-	if err != nil {
-		return &exitError{code: exitUsage, err: err}
-	}
 	c := &cache{env: e}
 	cwd, _ := os.Getwd()
 	start := time.Now()
@@ -87,9 +83,9 @@ func cmdMatrix(ctx context.Context, e *env, args []string) error {
 			out = io.Discard
 		}
 		if spec == "host" {
-			runHost(ctx, c, kr, vars, *testTimeout, out)
+			runHost(ctx, c, kr, vf.env, *testTimeout, out)
 		} else {
-			runVM(ctx, c, kr, vars, cwd, &vf, *timeout, *testTimeout, out)
+			runVM(ctx, c, kr, cwd, &vf, *timeout, *testTimeout, out)
 		}
 		if ctx.Err() != nil {
 			break
@@ -148,7 +144,7 @@ func (t *tracker) line(line string) {
 	fmt.Fprintf(t.out, "%s%s\n", t.prefix, line)
 }
 
-func runVM(ctx context.Context, c *cache, kr *kernelReport, vars map[string]string, cwd string, vf *vmFlags, timeout, testTimeout time.Duration, out io.Writer) {
+func runVM(ctx context.Context, c *cache, kr *kernelReport, cwd string, vf *vmFlags, timeout, testTimeout time.Duration, out io.Writer) {
 	start := time.Now()
 	defer func() { kr.total = time.Since(start) }()
 	k, err := c.resolve(ctx, kr.spec, false)
@@ -162,7 +158,7 @@ func runVM(ctx context.Context, c *cache, kr *kernelReport, vars map[string]stri
 		kr.err = err
 		return
 	}
-	kr.how = accel
+	kr.accel = accel
 	kr.logPath = c.logFile("matrix", k.Release)
 	tr := &tracker{kr: kr, marks: newMarkers(), prefix: "[" + kr.spec + "] ", out: out}
 	fmt.Fprintf(out, "[%s] booting %s with %s, log %s\n", kr.spec, k, accel, kr.logPath)
@@ -172,7 +168,7 @@ func runVM(ctx context.Context, c *cache, kr *kernelReport, vars map[string]stri
 	}
 	spec := &bootSpec{
 		kernel: k, script: matrixScript(tests, fmt.Sprintf("%ds", int(testTimeout.Seconds()))),
-		env: vars, cwd: cwd, timeout: timeout, memMB: vf.mem, smp: vf.smp, accel: accel, logPath: kr.logPath,
+		env: vf.env, cwd: cwd, timeout: timeout, memMB: vf.mem, smp: vf.smp, accel: accel, logPath: kr.logPath,
 		marks: tr.marks,
 		onLine: func(line string, running bool) {
 			if running {
@@ -180,8 +176,8 @@ func runVM(ctx context.Context, c *cache, kr *kernelReport, vars map[string]stri
 			}
 		},
 	}
-	res, err := bootAuto(ctx, spec, vf.accel == "auto" && os.Getenv("XDPLB_VM_ACCEL") == "", c.env.logf)
-	kr.how = spec.accel
+	res, err := bootAuto(ctx, spec, vf.autoAccel(), c.env.logf)
+	kr.accel = spec.accel
 	if res != nil {
 		kr.boot = res.boot
 	}
@@ -190,8 +186,10 @@ func runVM(ctx context.Context, c *cache, kr *kernelReport, vars map[string]stri
 		kr.err = err
 	case res.timedOut:
 		kr.err = fmt.Errorf("timed out after %s", timeout)
-	case res.exitCode != 0:
+	case res.exitCode < 0:
 		kr.err = fmt.Errorf("the guest gave no exit code (kernel crash?)")
+	case res.exitCode != 0: // the test script itself always exits 0
+		kr.err = fmt.Errorf("the guest exited %d before the tests' end (init failed? see the log)", res.exitCode)
 	}
 	if kr.err != nil && res != nil {
 		fmt.Fprintf(c.env.stderr, "[%s] %v\n", kr.spec, kr.err)
@@ -211,7 +209,7 @@ func runHost(ctx context.Context, c *cache, kr *kernelReport, vars map[string]st
 		}
 		rel = append(rel, byte(b))
 	}
-	kr.kernel, kr.how = string(rel), "native"
+	kr.kernel, kr.accel = string(rel), "native"
 	kr.logPath = c.logFile("matrix", "host")
 	logf, err := os.Create(kr.logPath)
 	if err != nil {
@@ -269,10 +267,10 @@ func printMatrix(w io.Writer, reports []*kernelReport, total time.Duration) (pas
 	fmt.Fprintf(w, "\n==== kernel matrix ====\n")
 	for _, kr := range reports {
 		head := fmt.Sprintf("%-9s %s", kr.spec, kr.kernel)
-		if kr.how != "" {
-			head += "  " + kr.how
+		if kr.accel != "" {
+			head += "  " + kr.accel
 		}
-		if kr.how != "native" && kr.boot > 0 {
+		if kr.accel != "native" && kr.boot > 0 {
 			head += fmt.Sprintf("  boot %.1fs", kr.boot.Seconds())
 		}
 		head += fmt.Sprintf("  total %.1fs", kr.total.Seconds())

@@ -8,40 +8,52 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"sort"
 	"strings"
 	"time"
 )
 
-// multiFlag collects repeated -e KEY=VAL flags.
-type multiFlag []string
+// envVars collects repeated -e KEY=VAL flags: variables exported in the
+// guest (a later KEY wins).
+type envVars map[string]string
 
-func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
-func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+func (m envVars) String() string {
+	var kvs []string
+	for k, v := range m {
+		kvs = append(kvs, k+"="+v)
+	}
+	sort.Strings(kvs)
+	return strings.Join(kvs, ",")
+}
+
+func (m envVars) Set(kv string) error {
+	k, v, ok := strings.Cut(kv, "=")
+	if !ok || k == "" || strings.ContainsAny(k, " \t'\"$=;") {
+		return errors.New("want KEY=VAL")
+	}
+	m[k] = v
+	return nil
+}
 
 // vmFlags are the flags run and matrix share.
 type vmFlags struct {
 	mem, smp int
 	accel    string
-	envs     multiFlag
+	env      envVars
 }
 
 func (f *vmFlags) register(fs *flag.FlagSet) {
+	f.env = envVars{}
 	fs.IntVar(&f.mem, "mem", 1024, "guest memory in MiB")
 	fs.IntVar(&f.smp, "smp", min(2, runtime.NumCPU()), "guest CPUs")
 	fs.StringVar(&f.accel, "accel", "auto", "auto, kvm or tcg (auto picks KVM only if it really runs a guest)")
-	fs.Var(&f.envs, "e", "KEY=VAL to export in the guest (repeatable)")
+	fs.Var(f.env, "e", "KEY=VAL to export in the guest (repeatable)")
 }
 
-func (f *vmFlags) envMap() (map[string]string, error) {
-	m := map[string]string{}
-	for _, kv := range f.envs {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok || k == "" || strings.ContainsAny(k, " \t'\"$=;") {
-			return nil, fmt.Errorf("-e %q: want KEY=VAL", kv)
-		}
-		m[k] = v
-	}
-	return m, nil
+// autoAccel says whether the accelerator is vmrun's choice (neither -accel
+// nor XDPLB_VM_ACCEL names one), so that a failed KVM boot may retry with TCG.
+func (f *vmFlags) autoAccel() bool {
+	return f.accel == "auto" && os.Getenv("XDPLB_VM_ACCEL") == ""
 }
 
 // splitDashDash splits args at the first "--".
@@ -70,10 +82,6 @@ func cmdRun(ctx context.Context, e *env, args []string) error {
 	if !ok || len(command) == 0 || fs.NArg() != 1 {
 		return &exitError{code: exitUsage, err: errors.New("usage: vmrun run [flags] KERNEL -- COMMAND...")}
 	}
-	vars, err := vf.envMap()
-	if err != nil {
-		return &exitError{code: exitUsage, err: err}
-	}
 	c := &cache{env: e}
 	k, err := c.resolve(ctx, fs.Arg(0), *refresh)
 	if err != nil {
@@ -90,7 +98,7 @@ func cmdRun(ctx context.Context, e *env, args []string) error {
 	e.logf("booting %s with %s (%s), log %s", k, accel, why, *logPath)
 	blanks := 0
 	res, err := bootAuto(ctx, &bootSpec{
-		kernel: k, script: commandScript(command), env: vars, cwd: cwd,
+		kernel: k, script: commandScript(command), env: vf.env, cwd: cwd,
 		timeout: *timeout, memMB: vf.mem, smp: vf.smp, accel: accel, logPath: *logPath,
 		onLine: func(line string, running bool) {
 			// Blank lines are held back until more output follows, so the
@@ -106,7 +114,7 @@ func cmdRun(ctx context.Context, e *env, args []string) error {
 				fmt.Fprintln(e.stdout, line)
 			}
 		},
-	}, vf.accel == "auto" && os.Getenv("XDPLB_VM_ACCEL") == "", e.logf)
+	}, vf.autoAccel(), e.logf)
 	if err != nil {
 		if res != nil {
 			printTail(e.stderr, res, *logPath)
@@ -137,7 +145,8 @@ func printTail(w io.Writer, res *bootResult, logPath string) {
 	fmt.Fprintf(w, "---- last lines of the guest console (%s) ----\n%s\n---- end ----\n", logPath, res.tail)
 }
 
-func cmdAccel(e *env, args []string) error {
+// cmdAccel is "vmrun accel": which accelerator qemu would get, and why.
+func cmdAccel(e *env) error {
 	accel, why, err := chooseAccel("auto")
 	if err != nil {
 		return err

@@ -2,9 +2,12 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"flag"
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
@@ -217,5 +220,56 @@ func TestMatrixScriptAndTracker(t *testing.T) {
 	passed, failed := printMatrix(&buf, []*kernelReport{kr}, time.Second)
 	if passed != 2 || failed != 1 || !strings.Contains(buf.String(), "vm-matrix: 2 passed, 1 failed") {
 		t.Errorf("printMatrix = %d, %d:\n%s", passed, failed, buf.String())
+	}
+}
+
+// TestUsageErrors: wrong words end with exit code 2 and a message, before
+// any kernel is looked for.
+func TestUsageErrors(t *testing.T) {
+	t.Setenv("XDPLB_VM_CACHE", filepath.Join(t.TempDir(), "cache"))
+	tests := []struct {
+		args []string
+		want string // in stderr
+	}{
+		{nil, "usage:"},
+		{[]string{"bogus"}, `unknown command "bogus"`},
+		{[]string{"fetch"}, "name at least one kernel"},
+		{[]string{"run", "bullseye"}, "usage: vmrun run"},
+		{[]string{"run", "bullseye", "--"}, "usage: vmrun run"},
+		{[]string{"run", "-e", "NOVALUE", "bullseye", "--", "true"}, `invalid value "NOVALUE" for flag -e: want KEY=VAL`},
+		{[]string{"run", "-e", "A B=1", "bullseye", "--", "true"}, "want KEY=VAL"},
+		{[]string{"run", "-nosuchflag", "bullseye", "--", "true"}, "flag provided but not defined"},
+		{[]string{"matrix", "--"}, "usage: vmrun matrix"},
+		{[]string{"matrix", "-e", "=x", "--", "true"}, "want KEY=VAL"},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			if code := vmrun(context.Background(), tt.args, &stdout, &stderr); code != exitUsage {
+				t.Errorf("exit code %d, want %d", code, exitUsage)
+			}
+			if !strings.Contains(stderr.String(), tt.want) {
+				t.Errorf("stderr lacks %q:\n%s", tt.want, stderr.String())
+			}
+		})
+	}
+	if _, err := os.Stat(os.Getenv("XDPLB_VM_CACHE")); err == nil {
+		t.Error("a usage error made the cache")
+	}
+}
+
+func TestEnvVars(t *testing.T) {
+	var vf vmFlags
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	vf.register(fs)
+	if err := fs.Parse([]string{"-e", "A=1", "-e", "B=x=y", "-e", "A=2", "-e", "EMPTY="}); err != nil {
+		t.Fatal(err)
+	}
+	want := envVars{"A": "2", "B": "x=y", "EMPTY": ""}
+	if !reflect.DeepEqual(vf.env, want) {
+		t.Errorf("env = %q, want %q", vf.env, want)
+	}
+	if got := vf.env.String(); got != "A=2,B=x=y,EMPTY=" {
+		t.Errorf("String = %q", got)
 	}
 }
