@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/xdplb/xdplb/tests/vm/vmrun/internal/deb/debtest"
 )
 
 // testCache is a cache in a temporary directory. The mirrors point nowhere,
@@ -26,33 +28,9 @@ func testCache(t *testing.T) (*cache, *bytes.Buffer) {
 	return &cache{env: &env{stdout: &log, stderr: &log, cacheDir: filepath.Join(t.TempDir(), "cache")}}, &log
 }
 
-// buildKernelDeb makes a small linux-image package with dpkg-deb: a fake
-// bzImage, a few modules in kept and skipped trees, and files vmrun leaves
-// out.
+// buildKernelDeb makes a linux-image package of release holding files.
 func buildKernelDeb(t *testing.T, release, version string, files map[string]string) string {
-	t.Helper()
-	if _, err := exec.LookPath("dpkg-deb"); err != nil {
-		t.Skip("no dpkg-deb (apt-get install dpkg)")
-	}
-	tree := t.TempDir()
-	pkg := "linux-image-" + release
-	control := fmt.Sprintf("Package: %s\nVersion: %s\nArchitecture: amd64\nMaintainer: xdplb <dev@xdplb.invalid>\nDescription: a fake kernel for tests/vm/vmrun\n", pkg, version)
-	files["DEBIAN/control"] = control
-	for name, content := range files {
-		p := filepath.Join(tree, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	deb := filepath.Join(t.TempDir(), pkg+"_"+version+"_amd64.deb")
-	out, err := exec.Command("dpkg-deb", "--root-owner-group", "-Zxz", "--build", tree, deb).CombinedOutput()
-	if err != nil {
-		t.Fatalf("dpkg-deb --build: %v: %s", err, out)
-	}
-	return deb
+	return debtest.Build(t, "linux-image-"+release, version, files)
 }
 
 func TestCacheAddDeb(t *testing.T) {

@@ -4,56 +4,16 @@ import (
 	"archive/tar"
 	"bytes"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/xdplb/xdplb/tests/vm/vmrun/internal/deb/debtest"
 )
 
-// buildDeb makes a .deb with dpkg-deb from a control file and files (path in
-// the package → content), and returns its path.
-func buildDeb(t *testing.T, control string, files map[string]string) string {
-	t.Helper()
-	if _, err := exec.LookPath("dpkg-deb"); err != nil {
-		t.Skip("no dpkg-deb (apt-get install dpkg)")
-	}
-	tree := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(tree, "DEBIAN"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(tree, "DEBIAN", "control"), []byte(control), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for name, content := range files {
-		p := filepath.Join(tree, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	deb := filepath.Join(t.TempDir(), "test.deb")
-	// -Zxz as Debian's kernel packages are built; --root-owner-group so the
-	// test needs no root.
-	out, err := exec.Command("dpkg-deb", "--root-owner-group", "-Zxz", "--build", tree, deb).CombinedOutput()
-	if err != nil {
-		t.Fatalf("dpkg-deb --build: %v: %s", err, out)
-	}
-	return deb
-}
-
-const testControl = `Package: xdplb-test
-Version: 1:2.3-4
-Architecture: amd64
-Maintainer: xdplb <dev@xdplb.invalid>
-Description: a package for the tests of tests/vm/vmrun/internal/deb
- It holds a few files.
-`
-
 func TestFields(t *testing.T) {
-	deb := buildDeb(t, testControl, map[string]string{"usr/share/doc/xdplb-test/README": "hi"})
+	deb := debtest.Build(t, "xdplb-test", "1:2.3-4", map[string]string{"usr/share/doc/xdplb-test/README": "hi"}, "X-Note: first line", " second line")
 	got, err := Fields(deb, "Package", "Version")
 	if err != nil {
 		t.Fatal(err)
@@ -66,7 +26,7 @@ func TestFields(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if all["Architecture"] != "amd64" || all["Description"] != "a package for the tests of tests/vm/vmrun/internal/deb\nIt holds a few files." {
+	if all["Architecture"] != "amd64" || all["X-Note"] != "first line\nsecond line" {
 		t.Errorf("Fields (all) = %q", all)
 	}
 	if _, err := Fields(filepath.Join(t.TempDir(), "missing.deb")); err == nil {
@@ -75,7 +35,7 @@ func TestFields(t *testing.T) {
 }
 
 func TestExtract(t *testing.T) {
-	deb := buildDeb(t, testControl, map[string]string{
+	deb := debtest.Build(t, "xdplb-test", "1:2.3-4", map[string]string{
 		"boot/vmlinuz-1.0":              "kernel",
 		"usr/lib/modules/1.0/a/b/x.ko":  "module x",
 		"usr/lib/modules/1.0/skip/y.ko": "module y",
