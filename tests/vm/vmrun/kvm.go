@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"syscall"
 	"time"
 	"unsafe"
@@ -28,6 +29,9 @@ const (
 // KVM_EXIT_HLT. A /dev/kvm that only runs special guests (PVM) fails here,
 // so qemu falls back to TCG instead of failing to boot.
 func kvmWorks() (bool, string) {
+	if pvmOnly("/sys/module") {
+		return false, "/dev/kvm is PVM (kvm_pvm, no kvm_intel or kvm_amd): it runs only PVM guest kernels"
+	}
 	type result struct {
 		ok  bool
 		why string
@@ -47,6 +51,14 @@ func kvmWorks() (bool, string) {
 	case <-time.After(3 * time.Second):
 		return false, "KVM test vCPU did not halt within 3s"
 	}
+}
+
+// pvmOnly says whether the kernel's KVM is PVM alone (module kvm_pvm, and
+// neither kvm_intel nor kvm_amd): PVM runs the probe's vCPU but fails on a
+// generic kernel with "KVM internal error" after a minute of emulation.
+func pvmOnly(sysModule string) bool {
+	has := func(m string) bool { _, err := os.Stat(filepath.Join(sysModule, m)); return err == nil }
+	return has("kvm_pvm") && !has("kvm_intel") && !has("kvm_amd")
 }
 
 func ioctl(fd int, req, arg uintptr) (uintptr, error) {

@@ -113,8 +113,8 @@ func boot(ctx context.Context, spec *bootSpec) (*bootResult, error) {
 	fmt.Fprintf(logf, "# %s %s\n", qemu, strings.Join(args, " "))
 	cmd := exec.Command(qemu, args...)
 	cmd.Stdin = nil // /dev/null: the guest reads nothing from us
-	var qemuErr bytes.Buffer
-	cmd.Stderr = &qemuErr
+	qemuErr := newQemuStderr()
+	cmd.Stderr = qemuErr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -184,6 +184,7 @@ func boot(ctx context.Context, spec *bootSpec) (*bootResult, error) {
 	var grace <-chan time.Time
 	var runErr error
 	done := ctx.Done()
+	kvmFailed := qemuErr.kvmFailed
 wait:
 	for {
 		select {
@@ -202,6 +203,11 @@ wait:
 		case <-timer.C:
 			res.timedOut = true
 			kill()
+		case <-kvmFailed:
+			// qemu stops the guest but does not exit.
+			kvmFailed = nil
+			kill()
+			runErr = errors.New("qemu: KVM internal error (see the log)")
 		case <-done:
 			done = nil
 			kill()
@@ -213,8 +219,8 @@ wait:
 		<-waitDone
 	}
 	res.total = time.Since(start)
-	if qemuErr.Len() > 0 {
-		fmt.Fprintf(logf, "# qemu stderr:\n%s", qemuErr.String())
+	if e := qemuErr.String(); e != "" {
+		fmt.Fprintf(logf, "# qemu stderr:\n%s", e)
 	}
 	fmt.Fprintf(logf, "# exit=%d timed_out=%v boot=%s total=%s accel=%s\n", res.exitCode, res.timedOut, res.boot.Round(time.Millisecond), res.total.Round(time.Millisecond), spec.accel)
 	return res, runErr
@@ -247,6 +253,35 @@ func qemuArgs(spec *bootSpec, initrd string) []string {
 		"-device", "virtio-rng-pci,rng=rng0",
 	)
 	return args
+}
+
+// qemuStderr keeps what qemu writes to its stderr, and closes kvmFailed
+// when qemu reports a KVM internal error: a /dev/kvm that runs the probe's
+// vCPU may still fail on the real kernel (PVM does), and qemu then stops the
+// guest without exiting.
+type qemuStderr struct {
+	mu        sync.Mutex
+	buf       bytes.Buffer
+	kvmFailed chan struct{}
+	once      sync.Once
+}
+
+func newQemuStderr() *qemuStderr { return &qemuStderr{kvmFailed: make(chan struct{})} }
+
+func (q *qemuStderr) Write(p []byte) (int, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.buf.Write(p)
+	if bytes.Contains(q.buf.Bytes(), []byte("KVM internal error")) {
+		q.once.Do(func() { close(q.kvmFailed) })
+	}
+	return len(p), nil
+}
+
+func (q *qemuStderr) String() string {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.buf.String()
 }
 
 // ring keeps the last n lines.

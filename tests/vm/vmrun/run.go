@@ -97,7 +97,7 @@ func cmdRun(ctx context.Context, e *env, args []string) error {
 	}
 	e.logf("booting %s with %s (%s), log %s", k, accel, why, *logPath)
 	blanks := 0
-	res, err := bootAuto(ctx, &bootSpec{
+	spec := &bootSpec{
 		kernel: k, script: commandScript(command), env: vf.env, cwd: cwd,
 		timeout: *timeout, memMB: vf.mem, smp: vf.smp, accel: accel, logPath: *logPath,
 		onLine: func(line string, running bool) {
@@ -114,7 +114,8 @@ func cmdRun(ctx context.Context, e *env, args []string) error {
 				fmt.Fprintln(e.stdout, line)
 			}
 		},
-	}, vf.autoAccel(), e.logf)
+	}
+	res, err := bootAuto(ctx, spec, vf.autoAccel(), e.logf)
 	if err != nil {
 		if res != nil {
 			printTail(e.stderr, res, *logPath)
@@ -125,7 +126,7 @@ func cmdRun(ctx context.Context, e *env, args []string) error {
 		}
 		return &exitError{code: code, err: fmt.Errorf("%s: %w", k.Release, err)}
 	}
-	summary := fmt.Sprintf("%s (%s): boot %.1fs, total %.1fs", k.Release, accel, res.boot.Seconds(), res.total.Seconds())
+	summary := fmt.Sprintf("%s (%s): boot %.1fs, total %.1fs", k.Release, spec.accel, res.boot.Seconds(), res.total.Seconds())
 	switch {
 	case res.timedOut:
 		printTail(e.stderr, res, *logPath)

@@ -273,3 +273,47 @@ func TestEnvVars(t *testing.T) {
 		t.Errorf("String = %q", got)
 	}
 }
+
+func TestQemuStderrSeesKVMFailure(t *testing.T) {
+	q := newQemuStderr()
+	q.Write([]byte("qemu-system-x86_64: warning: host doesn't support requested feature\n"))
+	select {
+	case <-q.kvmFailed:
+		t.Fatal("kvmFailed on a warning")
+	default:
+	}
+	// The message may arrive in pieces, and more follows it.
+	for _, part := range []string{"KVM inter", "nal error. Suberror: 1\n", "emulation failure\n", "KVM internal error again\n"} {
+		q.Write([]byte(part))
+	}
+	select {
+	case <-q.kvmFailed:
+	default:
+		t.Fatal("kvmFailed not closed after a KVM internal error")
+	}
+	if !strings.HasSuffix(q.String(), "emulation failure\nKVM internal error again\n") {
+		t.Errorf("kept %q", q.String())
+	}
+}
+
+func TestPVMOnly(t *testing.T) {
+	tests := []struct {
+		modules []string
+		want    bool
+	}{
+		{[]string{"kvm", "kvm_pvm"}, true},
+		{[]string{"kvm", "kvm_pvm", "kvm_intel"}, false},
+		{[]string{"kvm", "kvm_amd"}, false},
+		{[]string{"kvm", "kvm_intel"}, false},
+		{nil, false},
+	}
+	for _, tt := range tests {
+		dir := t.TempDir()
+		for _, m := range tt.modules {
+			os.Mkdir(filepath.Join(dir, m), 0o755)
+		}
+		if got := pvmOnly(dir); got != tt.want {
+			t.Errorf("pvmOnly with %v = %v, want %v", tt.modules, got, tt.want)
+		}
+	}
+}
