@@ -25,8 +25,8 @@ check-generate: deps ## prove the committed BPF objects match the C source
 .PHONY: build
 build: ## build bin/xdplb and the test tools (bin/mockapi, bin/agent)
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/xdplb ./cmd/xdplb
-	$(GO) build -o bin/mockapi ./cmd/mockapi
-	$(GO) build -o bin/agent ./cmd/agent
+	$(GO) build -o bin/mockapi ./tests/cmd/mockapi
+	$(GO) build -o bin/agent ./tests/cmd/agent
 
 .PHONY: deps
 deps: ## install what the tests need (Debian/Ubuntu, as root)
@@ -91,7 +91,7 @@ vm-test: root vm-deps ## the kernel matrix: packet, loader and e2e smoke tests o
 	$(GO) test -c -o bin/vm/ ./bpf ./loader ./tests/vm/smoke ./tests/e2e
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/vm/xdplb ./cmd/xdplb
 	$(GO) build -ldflags "$(LDFLAGS)-upgraded" -o bin/vm/xdplb-upgraded ./cmd/xdplb
-	$(GO) build -o bin/vm/mockapi ./cmd/mockapi
+	$(GO) build -o bin/vm/mockapi ./tests/cmd/mockapi
 	tests/vm/matrix.sh -kernels $(VM_KERNELS) -timeout 12m -test-timeout 8m -- $(VM_TESTS)
 
 .PHONY: vm-smoke

@@ -401,7 +401,7 @@ func TestWatchFailures(t *testing.T) {
 // the sockets, the streams end (EOF, or reset if data was unread).
 func TestWatchServerProcessKilled(t *testing.T) {
 	if testing.Short() {
-		t.Skip("builds cmd/mockapi")
+		t.Skip("builds tests/cmd/mockapi")
 	}
 	bin := buildMockapi(t)
 	dir := t.TempDir()

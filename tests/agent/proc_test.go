@@ -2,18 +2,26 @@ package agent
 
 import (
 	"bufio"
+	"os"
 	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/xdplb/xdplb/tests/testnet"
+	"github.com/xdplb/xdplb/tests/lab"
 )
+
+// TestMain removes the binaries the lab built for this test binary.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	lab.RemoveBinaries()
+	os.Exit(code)
+}
 
 func buildMockapi(t *testing.T) string {
 	t.Helper()
-	return testnet.BuildBinary(t, "github.com/xdplb/xdplb/cmd/mockapi")
+	return lab.MustBuild(t, lab.MockAPI)
 }
 
 // startMockapi runs the mockapi binary (killed by PID at cleanup) and returns

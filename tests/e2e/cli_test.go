@@ -33,13 +33,11 @@ func clean(t *testing.T, c *cluster, lb *testnet.Host, when string) {
 	if out, err := lb.Exec(ctx, "bpftool", "net", "show", "dev", "eth1"); err == nil && strings.Contains(string(out), "xdplb") {
 		t.Fatalf("%s: bpftool still shows xdplb on eth1:\n%s", when, out)
 	}
-	entries, _ := os.ReadDir(filepath.Join(c.bpffs[lb], "xdplb"))
-	for _, e := range entries {
-		if e.Name() == c.instance(lb) {
-			t.Fatalf("%s: pins left under %s", when, filepath.Join(c.bpffs[lb], "xdplb", e.Name()))
-		}
+	in := c.lbs[lb]
+	if _, err := os.Stat(in.PinDir()); err == nil {
+		t.Fatalf("%s: pins left under %s", when, in.PinDir())
 	}
-	if _, err := os.Stat(filepath.Join("/run/xdplb", c.instance(lb)+".sock")); err == nil {
+	if _, err := os.Stat(in.SocketPath()); err == nil {
 		t.Fatalf("%s: control socket left", when)
 	}
 }
@@ -50,8 +48,7 @@ func runExpectingError(t *testing.T, c *cluster, lb *testnet.Host, args []string
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	cmd := lb.Command(ctx, bins.xdplb, args...)
-	out, err := cmd.CombinedOutput()
+	out, err := lb.Exec(ctx, c.lbs[lb].Bin, args...)
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() == 0 {
 		t.Fatalf("xdplb %v: exit %v, want failure\n%s", args, err, out)
@@ -98,7 +95,8 @@ func withoutBackends(args []string) []string {
 func TestBadInputLeavesNothing(t *testing.T) {
 	c := newCluster(t, clusterOpts{hook: hookCases[0]})
 	lb := c.lb1()
-	good := c.runArgs(lb)
+	in := c.lbs[lb]
+	good := in.RunArgs()
 	dir := t.TempDir()
 	yamlWith := func(body string) string {
 		p := filepath.Join(dir, strings.Repeat("c", len(body)%7+1)+".yaml")
@@ -128,9 +126,9 @@ func TestBadInputLeavesNothing(t *testing.T) {
 		{"cert without key", with(good, "--check-cert", "/etc/hostname"), "check-key"},
 		{"node address frontend, snat in the ephemeral range", with(with(good, "--vip", testnet.LBAddr(1).String()), "--snat-ports", "40000-50000"), "ephemeral"},
 		{"config file missing", with(good, "--config", filepath.Join(dir, "nope.yaml")), "nope.yaml"},
-		{"unknown config key", []string{"run", "--instance", c.instance(lb), "--bpffs", c.bpffs[lb],
+		{"unknown config key", []string{"run", "--instance", in.Name, "--bpffs", in.BPFFS,
 			"--config", yamlWith("iface: eth1\nvip: 10.10.10.100\nbackends: [10.10.10.50]\nchek: tls\n")}, `"chek"`},
-		{"config vip equals backend", []string{"run", "--instance", c.instance(lb), "--bpffs", c.bpffs[lb],
+		{"config vip equals backend", []string{"run", "--instance", in.Name, "--bpffs", in.BPFFS,
 			"--config", yamlWith("iface: eth1\nvip: 10.10.10.100\nbackends: [10.10.10.100]\n")}, "is the vip"},
 	}
 	for _, tc := range cases {
@@ -148,14 +146,14 @@ func TestBadInputLeavesNothing(t *testing.T) {
 	// same interface, is refused and leaves the first one untouched.
 	p := c.startLB(lb)
 	runExpectingError(t, c, lb, good, "already has a running daemon")
-	other := with(good, "--instance", c.instance(lb)+"x")
+	other := with(good, "--instance", in.Name+"x")
 	runExpectingError(t, c, lb, other, "already runs xdplb instance")
 	if out, err := c.xdplb(lb, "check"); err != nil {
 		t.Fatalf("check failed with the daemon up: %v %s", err, out)
 	}
 	// Every backend down: check fails.
-	for _, s := range c.servers {
-		s.Kill()
+	for i := range c.Servers {
+		c.ServerProcess(i + 1).Kill()
 	}
 	deadline := time.Now().Add(fall*inter + 2*time.Second)
 	for {

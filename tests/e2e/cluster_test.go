@@ -7,21 +7,16 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/xdplb/xdplb/control/daemon"
 	"github.com/xdplb/xdplb/tests/agent"
+	"github.com/xdplb/xdplb/tests/lab"
 	"github.com/xdplb/xdplb/tests/testnet"
 )
 
@@ -48,67 +43,11 @@ var slack = func() time.Duration {
 	return d
 }()
 
-var (
-	binOnce sync.Once
-	bins    struct {
-		xdplb, xdplb2, mockapi string
-		pki                    string
-		err                    error
-	}
-)
-
-// build compiles xdplb (twice, as two different binaries, for the upgrade
-// scenario) and the mock API server, and makes the test PKI; once per run.
-func build(t *testing.T) {
-	t.Helper()
-	testnet.SkipIfNotRoot(t)
-	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "xdplb-e2e-bin")
-		if err != nil {
-			bins.err = err
-			return
-		}
-		root, _ := filepath.Abs("../..")
-		goBuild := func(out, pkg string, ldflags string) error {
-			cmd := exec.Command("go", "build", "-ldflags", ldflags, "-o", out, pkg)
-			cmd.Dir = root
-			if b, err := cmd.CombinedOutput(); err != nil {
-				return fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
-			}
-			return nil
-		}
-		bins.xdplb = filepath.Join(dir, "xdplb")
-		bins.xdplb2 = filepath.Join(dir, "xdplb-upgraded")
-		bins.mockapi = filepath.Join(dir, "mockapi")
-		// Prebuilt binaries (the VM matrix: no compiler run in a guest).
-		if pre := os.Getenv("XDPLB_E2E_BIN"); pre != "" {
-			bins.xdplb = filepath.Join(pre, "xdplb")
-			bins.xdplb2 = filepath.Join(pre, "xdplb-upgraded")
-			bins.mockapi = filepath.Join(pre, "mockapi")
-		}
-		for _, b := range []struct{ out, pkg, ld string }{
-			{bins.xdplb, "./cmd/xdplb", "-X github.com/xdplb/xdplb/control/daemon.Version=e2e-1"},
-			{bins.xdplb2, "./cmd/xdplb", "-X github.com/xdplb/xdplb/control/daemon.Version=e2e-2-upgraded"},
-			{bins.mockapi, "./cmd/mockapi", ""},
-		} {
-			if os.Getenv("XDPLB_E2E_BIN") != "" {
-				break
-			}
-			if bins.err = goBuild(b.out, b.pkg, b.ld); bins.err != nil {
-				return
-			}
-		}
-		bins.pki = filepath.Join(dir, "pki")
-		out, err := exec.Command(bins.mockapi, "--gen-pki", bins.pki, "--san", testnet.VIP,
-			"--san", testnet.LBAddr(1).String(), "--san", testnet.LBAddr(2).String(),
-			"--san", testnet.ServerAddr(1).String(), "--san", testnet.ServerAddr(2).String(), "--san", testnet.ServerAddr(3).String()).CombinedOutput()
-		if err != nil {
-			bins.err = fmt.Errorf("gen pki: %v: %s", err, out)
-		}
-	})
-	if bins.err != nil {
-		t.Fatal(bins.err)
-	}
+// TestMain removes the binaries the lab built for this test binary.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	lab.RemoveBinaries()
+	os.Exit(code)
 }
 
 // hookCase is one way of running the data path.
@@ -123,15 +62,13 @@ var hookCases = []hookCase{
 	{"tc", []string{"--hook", "tc"}},
 }
 
+// cluster is the lab of one test with its xdplb instances (one per LB,
+// not started) and the agents' clients.
 type cluster struct {
+	*lab.Lab
 	t       *testing.T
-	topo    *testnet.Topology
-	servers []*testnet.Process
-	lbProcs map[*testnet.Host]*testnet.Process
-	bpffs   map[*testnet.Host]string
-	hook    hookCase
-	extra   []string // more xdplb run flags
-	echo    bool
+	lbs     map[*testnet.Host]*lab.Instance
+	kind    lab.ServerKind
 	front   netip.Addr
 	clients []*agent.Client // one per agent host
 }
@@ -151,24 +88,17 @@ type clusterOpts struct {
 
 func newCluster(t *testing.T, o clusterOpts) *cluster {
 	t.Helper()
-	build(t)
-	n := testnet.New(t, testnet.Options{Logf: t.Logf})
-	topo, err := n.Build(testnet.Guide)
-	if err != nil {
-		t.Fatal(err)
+	front := o.frontend
+	if !front.IsValid() {
+		front = testnet.VIPAddr()
 	}
-	c := &cluster{t: t, topo: topo, hook: o.hook, extra: o.extra, front: o.frontend, echo: o.echo,
-		lbProcs: map[*testnet.Host]*testnet.Process{}, bpffs: map[*testnet.Host]string{}}
-	if !c.front.IsValid() {
-		c.front = testnet.VIPAddr()
-	}
-	if !o.noVIP && c.front == testnet.VIPAddr() {
-		if err := topo.LBs[0].AddAddr(testnet.VIP + "/24"); err != nil {
-			t.Fatal(err)
-		}
+	l := lab.New(t, lab.Options{NoVIP: o.noVIP || front != testnet.VIPAddr()})
+	c := &cluster{Lab: l, t: t, front: front, kind: lab.API, lbs: map[*testnet.Host]*lab.Instance{}}
+	if o.echo {
+		c.kind = lab.Echo
 	}
 	if o.offloads {
-		for _, h := range topo.Hosts() {
+		for _, h := range l.Hosts() {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			out, err := h.Exec(ctx, "ethtool", "-K", "eth1", "tx", "on", "tso", "on", "gso", "on")
 			cancel()
@@ -177,155 +107,83 @@ func newCluster(t *testing.T, o clusterOpts) *cluster {
 			}
 		}
 	}
-	for i := range topo.Servers {
-		c.startServer(i)
+	if err := l.StartServers(c.kind); err != nil {
+		t.Fatal(err)
 	}
-	tlsCfg, err := agent.TLSConfig(filepath.Join(bins.pki, "ca.crt"), "", "", false)
+	tlsCfg, err := agent.TLSConfig(l.PKI.CAFile, "", "", false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, a := range topo.Agents {
+	for _, a := range l.Agents {
 		c.clients = append(c.clients, &agent.Client{TLS: tlsCfg, DialContext: a.DialContext, Timeout: 8 * time.Second})
 	}
-	for _, lb := range topo.LBs {
-		dir := filepath.Join(t.TempDir(), "bpffs")
-		os.MkdirAll(dir, 0o700)
-		if err := unix.Mount("bpf", dir, "bpf", 0, ""); err != nil {
+	// The health timing of the suite, the VM matrix's check, the hook.
+	args := []string{"--inter", inter.String(), "--rise", fmt.Sprint(rise), "--fall", fmt.Sprint(fall)}
+	if check := os.Getenv("XDPLB_E2E_CHECK"); check != "" {
+		// The VM matrix checks with tcp: under TCG a TLS handshake can
+		// outlast any sensible check timeout.
+		args = append(args, "--check", check)
+	}
+	args = append(append(args, o.hook.args...), o.extra...)
+	for _, lb := range l.LBs {
+		in, err := l.NewInstance(lb, lab.InstanceConfig{Frontend: front, Args: args})
+		if err != nil {
 			t.Fatal(err)
 		}
-		lb := lb
-		c.bpffs[lb] = dir
-		t.Cleanup(func() {
-			// Detach before the namespaces go, then unmount.
-			c.xdplb(lb, "detach")
-			unix.Unmount(dir, unix.MNT_DETACH)
-		})
+		c.lbs[lb] = in
 	}
 	return c
 }
 
 func (c *cluster) url() string { return fmt.Sprintf("https://%s:6443", c.front) }
 
+// startServer starts server-i's (1-based) mock server again.
 func (c *cluster) startServer(i int) {
 	c.t.Helper()
-	h := c.topo.Servers[i]
-	args := []string{"--name", h.Name, "--listen", ":6443",
-		"--cert", filepath.Join(bins.pki, "server.crt"), "--key", filepath.Join(bins.pki, "server.key"), "--public-readyz"}
-	if c.echo {
-		args = []string{"--name", h.Name, "--listen", "", "--echo-listen", ":6443"}
-	}
-	p, err := h.Start(bins.mockapi, args...)
-	if err != nil {
+	if _, err := c.StartServer(i, c.kind); err != nil {
 		c.t.Fatal(err)
 	}
-	if len(c.servers) <= i {
-		c.servers = append(c.servers, make([]*testnet.Process, i+1-len(c.servers))...)
-	}
-	c.servers[i] = p
-	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(p.Stdout(), "listening") {
-		if time.Now().After(deadline) || p.Exited() {
-			c.t.Fatalf("mockapi on %s did not start: %s %s", h.Name, p.Stdout(), p.Stderr())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func (c *cluster) instance(lb *testnet.Host) string {
-	return c.topo.Prefix + "-" + strings.ReplaceAll(lb.Name, "-", "")
 }
 
 // xdplb runs the CLI in lb's namespace against its instance.
 func (c *cluster) xdplb(lb *testnet.Host, args ...string) (string, error) {
-	return c.xdplbBin(bins.xdplb, lb, args...)
-}
-
-func (c *cluster) xdplbBin(bin string, lb *testnet.Host, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	args = append(args[:1:1], append([]string{"--instance", c.instance(lb), "--bpffs", c.bpffs[lb]}, args[1:]...)...)
-	out, err := lb.Command(ctx, bin, args...).CombinedOutput()
-	return string(out), err
-}
-
-// runArgs are the flags of `xdplb run` on lb.
-func (c *cluster) runArgs(lb *testnet.Host) []string {
-	args := []string{"run", "--instance", c.instance(lb), "--bpffs", c.bpffs[lb],
-		"--iface", "eth1", "--vip", c.front.String(), "--inter", inter.String(),
-		"--rise", fmt.Sprint(rise), "--fall", fmt.Sprint(fall), "--metrics-addr", ""}
-	for i := range c.topo.Servers {
-		args = append(args, "--backend", testnet.ServerAddr(i+1).String())
-	}
-	if check := os.Getenv("XDPLB_E2E_CHECK"); check != "" {
-		// The VM matrix checks with tcp: under TCG a TLS handshake can
-		// outlast any sensible check timeout.
-		args = append(args, "--check", check)
-	}
-	args = append(args, c.hook.args...)
-	return append(args, c.extra...)
+	return c.lbs[lb].CLI(args...)
 }
 
 // startLB starts xdplb on lb and waits until `xdplb check` passes.
 func (c *cluster) startLB(lb *testnet.Host) *testnet.Process {
-	return c.startLBBin(bins.xdplb, lb)
+	c.t.Helper()
+	return c.startLBBin(c.Bin.XDPLB, lb)
 }
 
 func (c *cluster) startLBBin(bin string, lb *testnet.Host) *testnet.Process {
 	c.t.Helper()
-	p, err := lb.Start(bin, c.runArgs(lb)...)
-	if err != nil {
+	in := c.lbs[lb]
+	if err := in.StartBin(bin); err != nil {
 		c.t.Fatal(err)
 	}
-	c.lbProcs[lb] = p
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := c.xdplbBin(bin, lb, "check", "--quiet"); err == nil {
-			return p
-		}
-		if p.Exited() || time.Now().After(deadline) {
-			c.t.Fatalf("xdplb on %s did not become ready: %v\n%s", lb.Name, p.Wait(), p.Stderr())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return in.Process()
 }
 
-func (c *cluster) lb1() *testnet.Host { return c.topo.LBs[0] }
+func (c *cluster) lb1() *testnet.Host { return c.LB(1) }
 
 func (c *cluster) status(lb *testnet.Host) daemon.Status {
 	c.t.Helper()
-	out, err := c.xdplb(lb, "status", "--json")
+	st, err := c.lbs[lb].Status()
 	if err != nil {
-		c.t.Fatalf("xdplb status: %v: %s", err, out)
-	}
-	var st daemon.Status
-	if err := json.Unmarshal([]byte(out), &st); err != nil {
-		c.t.Fatalf("status json: %v: %s", err, out)
+		c.t.Fatal(err)
 	}
 	return st
 }
 
-func (c *cluster) backendState(lb *testnet.Host, addr netip.Addr) string {
-	for _, b := range c.status(lb).Backends {
-		if strings.HasPrefix(b.Addr, addr.String()+":") {
-			return string(b.State)
-		}
-	}
-	return "?"
-}
-
 // waitState polls until a backend reaches state, returning how long it took.
-func (c *cluster) waitState(lb *testnet.Host, addr netip.Addr, state string, limit time.Duration) time.Duration {
+func (c *cluster) waitState(lb *testnet.Host, addr netip.Addr, state daemon.State, limit time.Duration) time.Duration {
 	c.t.Helper()
-	start := time.Now()
-	for {
-		if c.backendState(lb, addr) == state {
-			return time.Since(start)
-		}
-		if time.Since(start) > limit+slack {
-			c.t.Fatalf("backend %s not %s within %s (status: %+v)", addr, state, limit, c.status(lb).Backends)
-		}
-		time.Sleep(25 * time.Millisecond)
+	took, err := c.lbs[lb].WaitBackend(addr, state, limit+slack)
+	if err != nil {
+		c.t.Fatal(err)
 	}
+	return took
 }
 
 // balance makes n new TLS connections spread over the agents.

@@ -26,7 +26,8 @@ func keepalivedConf(t *testing.T, c *cluster, lb *testnet.Host, master bool) str
 		t.Fatal(err)
 	}
 	conf := string(sample)
-	check := fmt.Sprintf("%s check --quiet --instance %s --bpffs %s", bins.xdplb, c.instance(lb), c.bpffs[lb])
+	in := c.lbs[lb]
+	check := fmt.Sprintf("%s check --quiet --instance %s --bpffs %s", in.Bin, in.Name, in.BPFFS)
 	conf = strings.Replace(conf, `script "/usr/local/bin/xdplb check --quiet"`, fmt.Sprintf("script %q", check), 1)
 	if !master {
 		conf = strings.Replace(conf, "state MASTER", "state BACKUP", 1)
@@ -77,7 +78,7 @@ func waitVIP(t *testing.T, c *cluster, want *testnet.Host, limit time.Duration) 
 	start := time.Now()
 	for {
 		ok := hasVIP(t, want)
-		for _, lb := range c.topo.LBs {
+		for _, lb := range c.LBs {
 			if lb != want && hasVIP(t, lb) {
 				ok = false
 			}
@@ -139,7 +140,7 @@ func TestKeepalivedFailover(t *testing.T) {
 	for _, h := range hookCases {
 		t.Run(h.name, func(t *testing.T) {
 			c := newCluster(t, clusterOpts{hook: h, noVIP: true})
-			lb1, lb2 := c.topo.LBs[0], c.topo.LBs[1]
+			lb1, lb2 := c.LB(1), c.LB(2)
 			c.startLB(lb1)
 			c.startLB(lb2)
 			startKeepalived(t, c, lb1, true)
@@ -203,7 +204,7 @@ func TestKeepalivedFailover(t *testing.T) {
 			}
 
 			failover("daemon killed",
-				func() { c.lbProcs[lb1].Kill() },
+				func() { c.lbs[lb1].Kill() },
 				func() { c.startLB(lb1) })
 
 			blackholes := func(op string) {

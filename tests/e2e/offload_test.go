@@ -24,7 +24,7 @@ func TestTCHookWithOffloads(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make(chan error, 6)
 	for i := 0; i < 6; i++ {
-		a := c.topo.Agents[i%len(c.topo.Agents)]
+		a := c.Agents[i%len(c.Agents)]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -10,7 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xdplb/xdplb/control/daemon"
 	"github.com/xdplb/xdplb/tests/agent"
+	"github.com/xdplb/xdplb/tests/lab"
+	"github.com/xdplb/xdplb/tests/testenv"
 	"github.com/xdplb/xdplb/tests/testnet"
 )
 
@@ -78,7 +81,7 @@ func TestServerProcessDies(t *testing.T) {
 		sets := c.watch(15)
 		time.Sleep(300 * time.Millisecond)
 		killed := time.Now()
-		c.servers[1].Kill()
+		c.ServerProcess(2).Kill()
 
 		// New connections right away: refused SYNs are swallowed and
 		// retried on a live server.
@@ -90,7 +93,7 @@ func TestServerProcessDies(t *testing.T) {
 		if took < 0 {
 			took = 0
 		}
-		c.waitState(c.lb1(), testnet.ServerAddr(2), "DOWN", fall*inter+time.Second)
+		c.waitState(c.lb1(), testnet.ServerAddr(2), daemon.StateDown, fall*inter+time.Second)
 		downAfter := time.Since(killed)
 		if downAfter > fall*inter+time.Second+slack {
 			t.Fatalf("marked down %s after the kill, want within fall x inter + 1s = %s", downAfter, fall*inter+time.Second)
@@ -113,9 +116,9 @@ func TestServerProcessDies(t *testing.T) {
 		}
 
 		// Scenario 3: it comes back.
-		c.startServer(1)
+		c.startServer(2)
 		back := time.Now()
-		c.waitState(c.lb1(), testnet.ServerAddr(2), "UP", rise*inter+time.Second)
+		c.waitState(c.lb1(), testnet.ServerAddr(2), daemon.StateUp, rise*inter+time.Second)
 		r = c.balance(60)
 		if r.Counts["server-2"] == 0 || r.Failures > 0 {
 			t.Fatalf("server-2 back but gets no connections: %v", r)
@@ -133,10 +136,10 @@ func TestServerLinkDown(t *testing.T) {
 		sets := c.watch(15)
 		time.Sleep(300 * time.Millisecond)
 		down := time.Now()
-		if err := c.topo.Servers[1].SetLinkDown(); err != nil {
+		if err := c.Server(2).SetLinkDown(); err != nil {
 			t.Fatal(err)
 		}
-		c.waitState(c.lb1(), testnet.ServerAddr(2), "DOWN", fall*inter+time.Second)
+		c.waitState(c.lb1(), testnet.ServerAddr(2), daemon.StateDown, fall*inter+time.Second)
 		markedAfter := time.Since(down)
 		r := c.balance(60)
 		if r.Failures > 0 || r.Counts["server-2"] > 0 {
@@ -177,10 +180,10 @@ func TestServerLinkDown(t *testing.T) {
 			t.Fatalf("streams on the unreachable server ended otherwise than by reset: %+v", on)
 		}
 
-		if err := c.topo.Servers[1].SetLinkUp(); err != nil {
+		if err := c.Server(2).SetLinkUp(); err != nil {
 			t.Fatal(err)
 		}
-		c.waitState(c.lb1(), testnet.ServerAddr(2), "UP", rise*inter+time.Second)
+		c.waitState(c.lb1(), testnet.ServerAddr(2), daemon.StateUp, rise*inter+time.Second)
 		if r := c.balance(60); r.Counts["server-2"] == 0 || r.Failures > 0 {
 			t.Fatalf("server-2 back but gets no connections: %v", r)
 		}
@@ -193,10 +196,10 @@ func TestNotReadyDrains(t *testing.T) {
 	forEachHook(t, clusterOpts{extra: []string{"--check", "https", "--check-path", "/readyz"}}, func(t *testing.T, c *cluster) {
 		sets := c.watch(15)
 		time.Sleep(300 * time.Millisecond)
-		if err := c.servers[1].Signal(syscall.SIGUSR1); err != nil { // unready
+		if err := c.ServerProcess(2).Signal(syscall.SIGUSR1); err != nil { // unready
 			t.Fatal(err)
 		}
-		c.waitState(c.lb1(), testnet.ServerAddr(2), "DOWN", fall*inter+time.Second)
+		c.waitState(c.lb1(), testnet.ServerAddr(2), daemon.StateDown, fall*inter+time.Second)
 		r := c.balance(60)
 		if r.Failures > 0 || r.Counts["server-2"] > 0 {
 			t.Fatalf("new connections with server-2 not ready: %v", r)
@@ -211,10 +214,10 @@ func TestNotReadyDrains(t *testing.T) {
 				t.Fatalf("stream broke while server-2 was only not ready: %+v", s)
 			}
 		}
-		if err := c.servers[1].Signal(syscall.SIGUSR2); err != nil { // ready
+		if err := c.ServerProcess(2).Signal(syscall.SIGUSR2); err != nil { // ready
 			t.Fatal(err)
 		}
-		c.waitState(c.lb1(), testnet.ServerAddr(2), "UP", rise*inter+time.Second)
+		c.waitState(c.lb1(), testnet.ServerAddr(2), daemon.StateUp, rise*inter+time.Second)
 		t.Logf("REPORT: not ready: %d streams on server-2 kept while drained", len(on))
 	})
 }
@@ -223,12 +226,14 @@ func TestNotReadyDrains(t *testing.T) {
 // again, and once upgraded to another binary: none breaks, no heartbeat gap
 // over 1 s.
 func TestRestartKeepsStreams(t *testing.T) {
+	testenv.RequireRoot(t, "creates network namespaces, mounts bpffs, attaches XDP programs")
+	upgraded := lab.MustBuild(t, lab.XDPLBUpgraded)
 	forEachHook(t, clusterOpts{}, func(t *testing.T, c *cluster) {
 		sets := c.watch(30)
 		time.Sleep(300 * time.Millisecond)
 		firstVersion := c.status(c.lb1()).Version
-		for _, bin := range []string{bins.xdplb, bins.xdplb2} {
-			if err := c.lbProcs[c.lb1()].Stop(5 * time.Second); err != nil {
+		for _, bin := range []string{c.Bin.XDPLB, upgraded} {
+			if err := c.lbs[c.lb1()].Stop(5 * time.Second); err != nil {
 				t.Fatalf("stop xdplb: %v", err)
 			}
 			time.Sleep(200 * time.Millisecond) // traffic flows with no daemon at all
@@ -262,7 +267,7 @@ func TestRestartKeepsStreams(t *testing.T) {
 // lb-1's own outgoing connections.
 func TestOtherTrafficUnaffected(t *testing.T) {
 	forEachHook(t, clusterOpts{}, func(t *testing.T, c *cluster) {
-		lb, ag := c.lb1(), c.topo.Agents[0]
+		lb, ag := c.lb1(), c.Agent(1)
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
 		for _, dst := range []string{testnet.VIP, testnet.LBAddr(1).String()} {
@@ -343,12 +348,12 @@ func TestNodeAddressFrontend(t *testing.T) {
 			t.Fatalf("SNAT ports %s not reserved (ip_local_reserved_ports=%q)", st.SNATPorts, reserved)
 		}
 		checkBalance(t, c, 150)
-		c.servers[2].Kill()
+		c.ServerProcess(3).Kill()
 		r := c.balance(60)
 		if r.Failures > 0 || r.Counts["server-3"] > 0 {
 			t.Fatalf("after server-3 died: %v", r)
 		}
-		c.waitState(c.lb1(), testnet.ServerAddr(3), "DOWN", fall*inter+time.Second)
+		c.waitState(c.lb1(), testnet.ServerAddr(3), daemon.StateDown, fall*inter+time.Second)
 		t.Logf("REPORT: node address frontend %s, snat %s", st.Frontend, st.SNATPorts)
 	})
 }

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/xdplb/xdplb/bpf/packet"
 )
 
 // DialContext connects from inside the host's namespace. The returned
@@ -97,7 +99,7 @@ func (h *Host) Ping(ctx context.Context, dst netip.Addr) (time.Duration, error) 
 			return 0, fmt.Errorf("testnet: ping %s from %s: no answer: %w", dst, h.Name, err)
 		}
 		sent[seq] = time.Now()
-		if _, err := pc.WriteTo(icmpEcho(id, seq), to); err != nil {
+		if _, err := pc.WriteTo(packet.Echo(id, seq, []byte("xdplb-testnet-pi")).Message(), to); err != nil {
 			return 0, fmt.Errorf("testnet: ping %s from %s: %w", dst, h.Name, err)
 		}
 		wait := time.Now().Add(100 * time.Millisecond)
@@ -128,30 +130,6 @@ func (h *Host) Ping(ctx context.Context, dst netip.Addr) (time.Duration, error) 
 	}
 }
 
-func icmpEcho(id, seq uint16) []byte {
-	b := make([]byte, 8+16)
-	b[0] = 8 // echo request
-	binary.BigEndian.PutUint16(b[4:], id)
-	binary.BigEndian.PutUint16(b[6:], seq)
-	copy(b[8:], "xdplb-testnet-pi")
-	binary.BigEndian.PutUint16(b[2:], inetChecksum(b))
-	return b
-}
-
-func inetChecksum(b []byte) uint16 {
-	var sum uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		sum += uint32(b[len(b)-1]) << 8
-	}
-	for sum>>16 != 0 {
-		sum = sum&0xffff + sum>>16
-	}
-	return ^uint16(sum)
-}
-
 // GratuitousARP broadcasts an unsolicited ARP request for ip from eth1 (the
 // announcement keepalived sends when it takes the VIP). Neighbours that
 // already have an entry for ip update it to this host's MAC; with the
@@ -160,22 +138,8 @@ func (h *Host) GratuitousARP(ip netip.Addr) error {
 	if !ip.Is4() {
 		return fmt.Errorf("testnet: gratuitous ARP for %s: only IPv4", ip)
 	}
-	const ethPArp = unix.ETH_P_ARP
-	proto := htons(ethPArp)
-	frame := make([]byte, 0, 42)
-	bcast := []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
-	frame = append(frame, bcast...)
-	frame = append(frame, h.MAC...)
-	frame = binary.BigEndian.AppendUint16(frame, ethPArp)
-	frame = binary.BigEndian.AppendUint16(frame, 1)      // htype ethernet
-	frame = binary.BigEndian.AppendUint16(frame, 0x0800) // ptype IPv4
-	frame = append(frame, 6, 4)                          // hlen, plen
-	frame = binary.BigEndian.AppendUint16(frame, 1)      // request
-	a := ip.As4()
-	frame = append(frame, h.MAC...)
-	frame = append(frame, a[:]...)
-	frame = append(frame, 0, 0, 0, 0, 0, 0)
-	frame = append(frame, a[:]...)
+	proto := htons(unix.ETH_P_ARP)
+	frame := packet.Gratuitous(packet.MAC(h.MAC), ip).Frame()
 
 	return h.Do(func() error {
 		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(proto))
@@ -184,7 +148,7 @@ func (h *Host) GratuitousARP(ip netip.Addr) error {
 		}
 		defer unix.Close(fd)
 		sa := &unix.SockaddrLinklayer{Protocol: proto, Ifindex: h.IfIndex, Halen: 6}
-		copy(sa.Addr[:], bcast)
+		copy(sa.Addr[:], packet.Broadcast[:])
 		if err := unix.Sendto(fd, frame, 0, sa); err != nil {
 			return fmt.Errorf("send gratuitous ARP for %s on %s: %w", ip, HostIface, err)
 		}

@@ -290,6 +290,22 @@ func (h *Host) Exec(ctx context.Context, name string, args ...string) ([]byte, e
 	return runCmd(h.Command(ctx, name, args...))
 }
 
+// Output runs a command inside the host's namespace (see Command) and
+// returns its standard output alone, for output a program parses (JSON).
+// A non-zero exit is an error that includes the standard error.
+func (h *Host) Output(ctx context.Context, name string, args ...string) ([]byte, error) {
+	cmd := h.Command(ctx, name, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout = &stdout
+	cmd.Stderr = &stderr
+	var err error
+	runLocked(func() { err = cmd.Run() })
+	if err != nil {
+		return stdout.Bytes(), fmt.Errorf("%s: %w: %s", strings.Join(cmd.Args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.Bytes(), nil
+}
+
 // ExecIPNetns runs a command through `ip netns exec NAME`. Unlike Exec, ip
 // remounts /sys inside a new mount namespace so /sys/class/net shows the
 // namespace's interfaces, which also hides /sys/fs/bpf: do not use it for

@@ -12,6 +12,8 @@ import (
 
 	"github.com/xdplb/xdplb/tests/agent"
 	"github.com/xdplb/xdplb/tests/apiserver"
+	"github.com/xdplb/xdplb/tests/lab"
+	"github.com/xdplb/xdplb/tests/testenv"
 	"github.com/xdplb/xdplb/tests/testnet"
 )
 
@@ -19,9 +21,9 @@ import (
 // agent (binary and in-process) on agent-1, talking to each server directly
 // over real TCP/TLS through the bridge; no load balancer.
 func TestMockAPIAcrossNamespaces(t *testing.T) {
-	testnet.SkipIfNotRoot(t)
-	mockapi := testnet.BuildBinary(t, "github.com/xdplb/xdplb/cmd/mockapi")
-	agentBin := testnet.BuildBinary(t, "github.com/xdplb/xdplb/cmd/agent")
+	testenv.RequireRoot(t, "creates network namespaces, veth pairs and bridges")
+	mockapi := lab.MustBuild(t, lab.MockAPI)
+	agentBin := lab.MustBuild(t, lab.Agent)
 	topo := testnet.NewTopology(t, testnet.Options{}, testnet.Spec{Servers: 3, Agents: 1, TxOffloadOff: true})
 	a1 := topo.Agent(1)
 

@@ -17,6 +17,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/xdplb/xdplb/tests/testenv"
 )
 
 const (
@@ -163,7 +165,7 @@ func Create(opts Options) (_ *Net, err error) {
 // started with Host.Start is logged before it is stopped.
 func New(tb testing.TB, opts Options) *Net {
 	tb.Helper()
-	SkipIfNotRoot(tb)
+	testenv.RequireRoot(tb, "creates network namespaces, veth pairs and bridges")
 	if opts.Logf == nil {
 		opts.Logf = tb.Logf
 	}
@@ -180,14 +182,6 @@ func New(tb testing.TB, opts Options) *Net {
 		}
 	})
 	return n
-}
-
-// SkipIfNotRoot skips the test with a clear reason unless it runs as root.
-func SkipIfNotRoot(tb testing.TB) {
-	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("skipping: needs root to create network namespaces, veth pairs and bridges (run go test as root)")
-	}
 }
 
 // Host returns the host called name, or nil.

@@ -4,13 +4,15 @@ import (
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/xdplb/xdplb/tests/testenv"
 )
 
 // Processes started before namespaces are created must survive: creating a
 // namespace retires an OS thread, which must never be the one that forked a
 // child with Pdeathsig set.
 func TestStartedProcessSurvivesNamespaceCreation(t *testing.T) {
-	SkipIfNotRoot(t)
+	testenv.RequireRoot(t, "creates network namespaces, veth pairs and bridges")
 	n := New(t, Options{})
 	h, err := n.AddHost("h0", "")
 	if err != nil {

@@ -17,6 +17,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/xdplb/xdplb/tests/testenv"
 )
 
 // rootSnapshot is what the root network namespace looks like: link names and
@@ -89,7 +91,7 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 }
 
 func TestGuideTopology(t *testing.T) {
-	SkipIfNotRoot(t)
+	testenv.RequireRoot(t, "creates network namespaces, veth pairs and bridges")
 	before := snapshotRoot(t)
 	topo := NewTopology(t, Options{}, Guide)
 	n := topo.Net
@@ -173,7 +175,7 @@ func TestGuideTopology(t *testing.T) {
 }
 
 func TestTCPAcrossNamespaces(t *testing.T) {
-	SkipIfNotRoot(t)
+	testenv.RequireRoot(t, "creates network namespaces, veth pairs and bridges")
 	before := snapshotRoot(t)
 	topo := NewTopology(t, Options{}, Spec{Servers: 1, Agents: 1})
 	srv, agent := topo.Server(1), topo.Agent(1)
@@ -237,7 +239,7 @@ func TestTCPAcrossNamespaces(t *testing.T) {
 }
 
 func TestVIPMove(t *testing.T) {
-	SkipIfNotRoot(t)
+	testenv.RequireRoot(t, "creates network namespaces, veth pairs and bridges")
 	topo := NewTopology(t, Options{}, Spec{LBs: 2, Agents: 1})
 	lb1, lb2, agent := topo.LB(1), topo.LB(2), topo.Agent(1)
 	vip := VIPAddr()
@@ -293,7 +295,7 @@ func TestVIPMove(t *testing.T) {
 }
 
 func TestDoAndSysctl(t *testing.T) {
-	SkipIfNotRoot(t)
+	testenv.RequireRoot(t, "creates network namespaces, veth pairs and bridges")
 	n := New(t, Options{})
 	h, err := n.AddHost("h1", "10.10.10.1/24")
 	if err != nil {
@@ -363,7 +365,7 @@ func TestDoAndSysctl(t *testing.T) {
 }
 
 func TestExecVariants(t *testing.T) {
-	SkipIfNotRoot(t)
+	testenv.RequireRoot(t, "creates network namespaces, veth pairs and bridges")
 	n := New(t, Options{})
 	h, err := n.AddHost("h1", "10.10.10.1/24")
 	if err != nil {
@@ -415,7 +417,7 @@ func TestExecVariants(t *testing.T) {
 }
 
 func TestStartedProcessesStopOnClose(t *testing.T) {
-	SkipIfNotRoot(t)
+	testenv.RequireRoot(t, "creates network namespaces, veth pairs and bridges")
 	n := New(t, Options{})
 	h, err := n.AddHost("h1", "10.10.10.1/24")
 	if err != nil {
@@ -468,7 +470,7 @@ func TestStartedProcessesStopOnClose(t *testing.T) {
 }
 
 func TestAddHostValidation(t *testing.T) {
-	SkipIfNotRoot(t)
+	testenv.RequireRoot(t, "creates network namespaces, veth pairs and bridges")
 	n := New(t, Options{})
 	for _, name := range []string{"", "sw", "UPPER", "much-too-long-name", "a/b"} {
 		if _, err := n.AddHost(name, ""); err == nil {
@@ -526,7 +528,7 @@ func TestHelperProcess(t *testing.T) {
 }
 
 func TestCleanupOnFailure(t *testing.T) {
-	SkipIfNotRoot(t)
+	testenv.RequireRoot(t, "creates network namespaces, veth pairs and bridges")
 	for _, mode := range []string{"fatal", "panic", "kill"} {
 		t.Run(mode, func(t *testing.T) {
 			prefix := fmt.Sprintf("xl%06x", time.Now().UnixNano()&0xffffff)
@@ -599,7 +601,7 @@ func TestCleanupOnFailure(t *testing.T) {
 }
 
 func TestSweepLeavesLiveRunsAlone(t *testing.T) {
-	SkipIfNotRoot(t)
+	testenv.RequireRoot(t, "creates network namespaces, veth pairs and bridges")
 	n := New(t, Options{})
 	if _, err := n.AddHost("h1", ""); err != nil {
 		t.Fatal(err)

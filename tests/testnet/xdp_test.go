@@ -11,6 +11,8 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/xdplb/xdplb/tests/testenv"
 )
 
 const reflectPort = 9999
@@ -108,7 +110,7 @@ func countReflected(t *testing.T, from, lb *Host, packets int) int {
 // exists: a frame sent with XDP_TX from a veth reaches the wire only if the
 // peer veth runs an XDP program (or has GRO/NAPI enabled).
 func TestPassXDPOnPeerMakesXDPTXWork(t *testing.T) {
-	SkipIfNotRoot(t)
+	testenv.RequireRoot(t, "creates network namespaces, veth pairs and bridges")
 	topo := NewTopology(t, Options{}, Spec{LBs: 1, Agents: 1})
 	lb, a := topo.LB(1), topo.Agent(1)
 
