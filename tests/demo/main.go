@@ -9,18 +9,15 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/xdplb/xdplb/tests/agent"
+	"github.com/xdplb/xdplb/tests/lab"
 	"github.com/xdplb/xdplb/tests/testnet"
 )
 
@@ -34,93 +31,33 @@ func main() {
 func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	bin, _ := filepath.Abs("bin")
-	xdplb, mockapi := filepath.Join(bin, "xdplb"), filepath.Join(bin, "mockapi")
-	for _, b := range []string{xdplb, mockapi} {
-		if _, err := os.Stat(b); err != nil {
-			return fmt.Errorf("%s missing: run `make build` first (make demo does)", b)
-		}
-	}
-	tmp, err := os.MkdirTemp("", "xdplb-demo")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(tmp)
 
-	say("building the K3s guide's network in namespaces: server-1..3, lb-1, agent-1..3")
-	n, err := testnet.Create(testnet.Options{})
+	say("building xdplb and the mock API server, then the K3s guide's network in namespaces: server-1..3, lb-1, agent-1..3")
+	defer lab.RemoveBinaries()
+	l, err := lab.Create(lab.Options{Spec: testnet.Spec{Servers: 3, LBs: 1, Agents: 3, TxOffloadOff: true, PassXDPOnLBPeers: true}})
 	if err != nil {
 		return err
 	}
 	defer func() {
 		say("cleaning up: detaching xdplb, removing namespaces")
-		n.Close()
+		if err := l.Close(); err != nil {
+			fmt.Fprintln(os.Stderr, "demo: cleanup:", err)
+		}
 	}()
-	topo, err := n.Build(testnet.Spec{Servers: 3, LBs: 1, Agents: 3, TxOffloadOff: true, PassXDPOnLBPeers: true})
+	if err := l.StartServers(lab.API); err != nil {
+		return err
+	}
+	lb, err := l.NewInstance(l.LB(1), lab.InstanceConfig{Args: []string{"--inter", "1s", "--rise", "2", "--fall", "3"}})
 	if err != nil {
 		return err
 	}
-	lb := topo.LBs[0]
-	if err := lb.AddAddr(testnet.VIP + "/24"); err != nil {
+	say("starting: xdplb " + strings.Join(lb.RunArgs(), " "))
+	if err := lb.Start(); err != nil {
 		return err
-	}
-	pki := filepath.Join(tmp, "pki")
-	if out, err := exec.Command(mockapi, "--gen-pki", pki, "--san", testnet.VIP).CombinedOutput(); err != nil {
-		return fmt.Errorf("gen pki: %v: %s", err, out)
-	}
-	servers := make([]*testnet.Process, 3)
-	startServer := func(i int) error {
-		h := topo.Servers[i]
-		p, err := h.Start(mockapi, "--name", h.Name, "--cert", filepath.Join(pki, "server.crt"), "--key", filepath.Join(pki, "server.key"), "--public-readyz")
-		if err != nil {
-			return err
-		}
-		servers[i] = p
-		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		return p.WaitOutput(wctx, "listening")
-	}
-	for i := range servers {
-		if err := startServer(i); err != nil {
-			return err
-		}
-	}
-
-	bpffs := filepath.Join(tmp, "bpffs")
-	os.MkdirAll(bpffs, 0o700)
-	if err := unix.Mount("bpf", bpffs, "bpf", 0, ""); err != nil {
-		return fmt.Errorf("mount bpffs: %w", err)
-	}
-	defer unix.Unmount(bpffs, unix.MNT_DETACH)
-	instance := "demo-" + n.Prefix
-	cli := func(args ...string) (string, error) {
-		c, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		defer cancel()
-		args = append(args[:1:1], append([]string{"--instance", instance, "--bpffs", bpffs}, args[1:]...)...)
-		out, err := lb.Command(c, xdplb, args...).CombinedOutput()
-		return string(out), err
-	}
-	defer cli("detach")
-	args := []string{"run", "--instance", instance, "--bpffs", bpffs, "--iface", "eth1", "--vip", testnet.VIP,
-		"--backend", "10.10.10.50", "--backend", "10.10.10.51", "--backend", "10.10.10.52",
-		"--inter", "1s", "--rise", "2", "--fall", "3", "--metrics-addr", ""}
-	say("starting: xdplb " + strings.Join(args, " "))
-	daemon, err := lb.Start(xdplb, args...)
-	if err != nil {
-		return err
-	}
-	for i := 0; ; i++ {
-		if _, err := cli("check"); err == nil {
-			break
-		}
-		if daemon.Exited() || i > 100 {
-			return fmt.Errorf("xdplb did not start: %s", daemon.Stderr())
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 
 	// Agents: a new TLS connection through the VIP every 100 ms each.
-	tlsCfg, err := agent.TLSConfig(filepath.Join(pki, "ca.crt"), "", "", false)
+	tlsCfg, err := agent.TLSConfig(l.PKI.CAFile, "", "", false)
 	if err != nil {
 		return err
 	}
@@ -130,7 +67,7 @@ func run() error {
 	tctx, cancelTraffic := context.WithCancel(ctx)
 	defer cancelTraffic()
 	var wg sync.WaitGroup
-	for _, a := range topo.Agents {
+	for _, a := range l.Agents {
 		cl := &agent.Client{TLS: tlsCfg, DialContext: a.DialContext, Timeout: 5 * time.Second}
 		wg.Add(1)
 		go func() {
@@ -159,7 +96,7 @@ func run() error {
 				return false
 			case <-time.After(2 * time.Second):
 			}
-			out, _ := cli("status")
+			out, _ := lb.CLI("status")
 			mu.Lock()
 			var names []string
 			for k := range counts {
@@ -184,11 +121,12 @@ func run() error {
 		{"traffic through the VIP, balanced over three servers", nil, 8 * time.Second},
 		{"server-2's API process stopped: refused SYNs retried elsewhere, marked DOWN", func() error {
 			say("stopping the API server on server-2")
-			return servers[1].Kill()
+			return l.ServerProcess(2).Kill()
 		}, 8 * time.Second},
 		{"server-2 back: marked UP after rise checks, takes connections again", func() error {
 			say("starting the API server on server-2 again")
-			return startServer(1)
+			_, err := l.StartServer(2, lab.API)
+			return err
 		}, 8 * time.Second},
 	}
 	for _, p := range phases {
