@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -15,6 +16,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/xdplb/xdplb/tests/lab"
 	"github.com/xdplb/xdplb/tests/testnet"
 )
 
@@ -31,15 +33,15 @@ type bins struct {
 	xdplb, mockapi, agent string
 }
 
-// env is the network and what runs on it outside the load balancers: the
-// sinks on the servers and the flood host.
+// env is the lab (network, sinks on the servers, xdplb instances) plus the
+// flood host, and what the other balancers need.
 type env struct {
+	lab   *lab.Lab
 	topo  *testnet.Topology
 	bins  bins
 	tmp   string
 	flood *testnet.Host
 	lb1   *testnet.Host
-	sinks []*testnet.Process
 	mode  string // sink mode the servers run: "echo" or "discard"
 	// pin runs the agents on CPU 0 and the sinks on the last CPU
 	// (taskset), so client and server never share a core by chance.
@@ -48,16 +50,22 @@ type env struct {
 	closed bool
 }
 
-func buildBins(ctx context.Context, dir string) (bins, error) {
-	var b bins
-	var err error
-	if b.xdplb, err = testnet.GoBuild(ctx, "github.com/xdplb/xdplb/cmd/xdplb", dir); err != nil {
+// buildBins builds the binaries once for the whole run, through the lab
+// (which puts them in a directory of its own, removed by env.Close, and
+// honours $XDPLB_E2E_BIN); the directory argument is no longer used.
+func buildBins(ctx context.Context, _ string) (b bins, err error) {
+	defer func() {
+		if err != nil {
+			lab.RemoveBinaries()
+		}
+	}()
+	if b.xdplb, err = lab.Build(ctx, lab.XDPLB); err != nil {
 		return b, err
 	}
-	if b.mockapi, err = testnet.GoBuild(ctx, "github.com/xdplb/xdplb/cmd/mockapi", dir); err != nil {
+	if b.mockapi, err = lab.Build(ctx, lab.MockAPI); err != nil {
 		return b, err
 	}
-	if b.agent, err = testnet.GoBuild(ctx, "github.com/xdplb/xdplb/cmd/agent", dir); err != nil {
+	if b.agent, err = lab.Build(ctx, lab.Agent); err != nil {
 		return b, err
 	}
 	return b, nil
@@ -67,11 +75,15 @@ func buildBins(ctx context.Context, dir string) (bins, error) {
 // hosts: the VIP on lb-1, TIME_WAIT reuse on the clients and lb-1, routes
 // toward the spoofed network through the flood host.
 func newEnv(b bins, tmp string, logf func(string, ...any)) (_ *env, err error) {
-	topo, err := testnet.CreateTopology(testnet.Options{}, testnet.Guide)
+	e := &env{bins: b, tmp: tmp, logf: logf}
+	// The lab runs the sinks pinned when e.pin is set (it is set after
+	// newEnv returns).
+	l, err := lab.Create(lab.Options{WrapServer: func(argv []string) []string { return e.pinned(false, argv[0], argv[1:]...) }})
 	if err != nil {
 		return nil, err
 	}
-	e := &env{topo: topo, bins: b, tmp: tmp, lb1: topo.LB(1), logf: logf}
+	topo := l.Topology
+	e.lab, e.topo, e.lb1 = l, topo, l.LB(1)
 	defer func() {
 		if err != nil {
 			e.Close()
@@ -95,9 +107,6 @@ func newEnv(b bins, tmp string, logf func(string, ...any)) (_ *env, err error) {
 		}
 		return nil
 	}); err != nil {
-		return nil, err
-	}
-	if err := e.lb1.AddAddr(testnet.VIP + "/24"); err != nil {
 		return nil, err
 	}
 	// Clients close with FIN (as real clients do) and so keep TIME_WAIT
@@ -138,38 +147,24 @@ func newEnv(b bins, tmp string, logf func(string, ...any)) (_ *env, err error) {
 
 // setSinks makes every server run the sink mode ("echo" or "discard") on
 // :6443; every server serves the same thing, since a balancer may pick any.
+// Sinks of that mode already running are kept.
 func (e *env) setSinks(mode string) error {
-	if e.mode == mode && len(e.sinks) == len(e.topo.Servers) {
+	kind := lab.Echo
+	if mode == "discard" {
+		kind = lab.Discard
+	}
+	if e.mode == mode {
 		alive := true
-		for _, p := range e.sinks {
-			alive = alive && !p.Exited()
+		for i := range e.topo.Servers {
+			p := e.lab.ServerProcess(i + 1)
+			alive = alive && p != nil && !p.Exited()
 		}
 		if alive {
 			return nil
 		}
 	}
-	for _, p := range e.sinks {
-		_ = p.Stop(2 * time.Second)
-	}
-	e.sinks = nil
-	flag := "--echo-listen"
-	if mode == "discard" {
-		flag = "--discard-listen"
-	}
-	for _, s := range e.topo.Servers {
-		argv := e.pinned(false, e.bins.mockapi, "--listen", "", flag, ":6443", "--name", s.Name)
-		p, err := s.Start(argv[0], argv[1:]...)
-		if err != nil {
-			return err
-		}
-		e.sinks = append(e.sinks, p)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	for _, p := range e.sinks {
-		if err := p.WaitOutput(ctx, "listening"); err != nil {
-			return err
-		}
+	if err := e.lab.StartServers(kind); err != nil {
+		return err
 	}
 	e.mode = mode
 	return nil
@@ -178,8 +173,10 @@ func (e *env) setSinks(mode string) error {
 // sinkPIDs are the PIDs of the sinks, for per-process CPU.
 func (e *env) sinkPIDs() []int {
 	var pids []int
-	for _, p := range e.sinks {
-		pids = append(pids, p.PID())
+	for i := range e.topo.Servers {
+		if p := e.lab.ServerProcess(i + 1); p != nil {
+			pids = append(pids, p.PID())
+		}
 	}
 	return pids
 }
@@ -198,13 +195,13 @@ func (e *env) waitDial(addr string, limit time.Duration) error {
 	}
 }
 
-// Close stops everything and removes the namespaces.
+// Close stops everything, removes the namespaces and the binaries.
 func (e *env) Close() error {
 	if e.closed {
 		return nil
 	}
 	e.closed = true
-	return e.topo.Close()
+	return errors.Join(e.lab.Close(), lab.RemoveBinaries())
 }
 
 // tempDir makes a directory under e.tmp.

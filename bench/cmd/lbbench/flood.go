@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -10,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/xdplb/xdplb/bpf/packet"
 	"github.com/xdplb/xdplb/tests/testnet"
 )
 
@@ -41,7 +41,6 @@ func synFlood(ctx context.Context, h *testnet.Host, dst netip.AddrPort, pps int,
 	defer unix.Close(fd)
 	to := &unix.SockaddrInet4{Addr: dst.Addr().As4()}
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0x5eed))
-	pkt := make([]byte, 44)
 	total := uint64(float64(pps) * dur.Seconds())
 	start := time.Now()
 	hardStop := start.Add(dur + time.Second)
@@ -61,8 +60,7 @@ func synFlood(ctx context.Context, h *testnet.Host, dst netip.AddrPort, pps int,
 			st.Skipped += skip
 		}
 		for st.Sent+st.SendErrors+st.Skipped < due {
-			buildSYN(pkt, rng, dst)
-			if err := unix.Sendto(fd, pkt, 0, to); err != nil {
+			if err := unix.Sendto(fd, synDatagram(rng, dst), 0, to); err != nil {
 				st.SendErrors++
 				if st.FirstError == "" {
 					st.FirstError = err.Error()
@@ -80,46 +78,20 @@ func synFlood(ctx context.Context, h *testnet.Host, dst netip.AddrPort, pps int,
 	return st, nil
 }
 
-// buildSYN writes an IPv4+TCP SYN (MSS option) from a random 10.20.x.y
-// source and port to dst into pkt (44 bytes).
-func buildSYN(pkt []byte, rng *rand.Rand, dst netip.AddrPort) {
-	src := [4]byte{10, 20, byte(rng.IntN(256)), byte(1 + rng.IntN(254))}
-	d := dst.Addr().As4()
-	// IPv4 header; the kernel fills in the checksum (IP_HDRINCL).
-	pkt[0] = 0x45
-	pkt[1] = 0
-	binary.BigEndian.PutUint16(pkt[2:], 44)
-	binary.BigEndian.PutUint16(pkt[4:], uint16(rng.Uint32()))
-	binary.BigEndian.PutUint16(pkt[6:], 0x4000) // DF
-	pkt[8] = 64
-	pkt[9] = unix.IPPROTO_TCP
-	pkt[10], pkt[11] = 0, 0
-	copy(pkt[12:16], src[:])
-	copy(pkt[16:20], d[:])
-	// TCP header with one option (MSS 1460).
-	t := pkt[20:]
-	binary.BigEndian.PutUint16(t[0:], uint16(1024+rng.IntN(64000)))
-	binary.BigEndian.PutUint16(t[2:], dst.Port())
-	binary.BigEndian.PutUint32(t[4:], rng.Uint32())
-	binary.BigEndian.PutUint32(t[8:], 0)
-	t[12] = 6 << 4 // data offset: 24 bytes
-	t[13] = 0x02   // SYN
-	binary.BigEndian.PutUint16(t[14:], 64240)
-	t[16], t[17] = 0, 0
-	binary.BigEndian.PutUint16(t[18:], 0)
-	t[20], t[21] = 2, 4
-	binary.BigEndian.PutUint16(t[22:], 1460)
-	// Checksum over the pseudo-header and the segment.
-	var sum uint32
-	for i := 12; i < 20; i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(pkt[i:]))
-	}
-	sum += unix.IPPROTO_TCP + 24
-	for i := 0; i < 24; i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(t[i:]))
-	}
-	for sum>>16 != 0 {
-		sum = sum&0xffff + sum>>16
-	}
-	binary.BigEndian.PutUint16(t[16:], ^uint16(sum))
+// mss1460 is the TCP option a SYN of a real client carries.
+var mss1460 = []byte{2, 4, 0x05, 0xb4}
+
+// synDatagram is an IPv4+TCP SYN (MSS option, 44 bytes) from a random
+// 10.20.x.y source and port to dst, as an IPPROTO_RAW socket sends it.
+func synDatagram(rng *rand.Rand, dst netip.AddrPort) []byte {
+	src := netip.AddrFrom4([4]byte{10, 20, byte(rng.IntN(256)), byte(1 + rng.IntN(254))})
+	id := uint16(rng.Uint32())
+	return packet.TCP{
+		Src:     netip.AddrPortFrom(src, uint16(1024+rng.IntN(64000))),
+		Dst:     dst,
+		IP:      packet.IP{ID: id},
+		Flags:   packet.SYN,
+		Seq:     rng.Uint32(),
+		Options: mss1460,
+	}.Datagram()
 }

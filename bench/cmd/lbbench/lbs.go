@@ -14,6 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/xdplb/xdplb/tests/lab"
 	"github.com/xdplb/xdplb/tests/testnet"
 )
 
@@ -126,87 +127,57 @@ func (r routerLB) Stop(e *env) error {
 	return errors.Join(r.routes(e, false), e.lb1.Sysctl("net.ipv4.ip_forward", "0"))
 }
 
-// xdplbLB runs `xdplb run` on lb-1 with a private bpffs.
+// xdplbLB runs `xdplb run` on lb-1 as a lab instance (a private bpffs,
+// ready once `xdplb check` passes).
 type xdplbLB struct {
-	name     string
-	args     []string
-	instance string
-	bpffs    string
-	proc     *testnet.Process
+	name string
+	args []string
+	inst *lab.Instance
 }
 
 func (x *xdplbLB) Name() string             { return x.name }
 func (x *xdplbLB) Frontend() netip.AddrPort { return vipFrontend }
 func (x *xdplbLB) PIDs() []int {
-	if x.proc == nil {
+	if x.inst == nil {
 		return nil
 	}
-	return []int{x.proc.PID()}
-}
-
-func (x *xdplbLB) cli(e *env, args ...string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	full := append([]string{args[0], "--instance", x.instance, "--bpffs", x.bpffs}, args[1:]...)
-	return e.lb1.Exec(ctx, e.bins.xdplb, full...)
+	return procPIDs(x.inst.Process())
 }
 
 func (x *xdplbLB) Start(e *env) error {
-	x.instance = "bench-" + e.topo.Prefix + "-" + strings.ReplaceAll(x.name, "-", "")
-	dir, err := e.tempDir("bpffs-" + x.name)
+	inst, err := e.lab.NewInstance(e.lb1, lab.InstanceConfig{
+		Tag:          strings.ReplaceAll(x.name, "-", ""),
+		Args:         append([]string{"--port", fmt.Sprint(testnet.APIPort), "--check", "tcp"}, x.args...),
+		ReadyTimeout: 20 * time.Second,
+	})
 	if err != nil {
 		return err
 	}
-	if err := unix.Mount("bpf", dir, "bpf", 0, ""); err != nil {
-		return fmt.Errorf("mount bpffs on %s: %w", dir, err)
-	}
-	x.bpffs = dir
-	args := []string{"run", "--instance", x.instance, "--bpffs", x.bpffs,
-		"--iface", testnet.HostIface, "--vip", testnet.VIP, "--port", fmt.Sprint(testnet.APIPort),
-		"--check", "tcp", "--metrics-addr", ""}
-	for _, a := range serverAddrs(len(e.topo.Servers)) {
-		args = append(args, "--backend", a.String())
-	}
-	args = append(args, x.args...)
-	if x.proc, err = e.lb1.Start(e.bins.xdplb, args...); err != nil {
-		return err
-	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if _, err := x.cli(e, "check", "--quiet"); err == nil {
-			break
-		}
-		if x.proc.Exited() || time.Now().After(deadline) {
-			return fmt.Errorf("xdplb %s did not become ready: %v; stderr: %s", x.name, x.proc.Exited(), tail(x.proc.Stderr(), 2000))
-		}
-		time.Sleep(100 * time.Millisecond)
+	x.inst = inst
+	if err := inst.Start(); err != nil {
+		return fmt.Errorf("xdplb %s: %w", x.name, err)
 	}
 	return nil
 }
 
 func (x *xdplbLB) Stop(e *env) error {
+	if x.inst == nil {
+		return nil
+	}
 	var errs []error
-	if x.proc != nil {
-		if err := x.proc.Stop(5 * time.Second); err != nil {
-			errs = append(errs, fmt.Errorf("stop xdplb: %w", err))
-		}
+	if err := x.inst.Stop(5 * time.Second); err != nil {
+		errs = append(errs, fmt.Errorf("stop xdplb: %w", err))
 	}
-	if x.bpffs != "" {
-		if out, err := x.cli(e, "detach"); err != nil {
-			errs = append(errs, fmt.Errorf("xdplb detach: %w: %s", err, out))
-		}
-		if err := unix.Unmount(x.bpffs, unix.MNT_DETACH); err != nil {
-			errs = append(errs, fmt.Errorf("unmount %s: %w", x.bpffs, err))
-		}
-		_ = os.Remove(x.bpffs)
-		x.bpffs = ""
-	}
-	x.proc = nil
+	errs = append(errs, x.inst.Detach(), x.inst.Close())
+	x.inst = nil
 	return errors.Join(errs...)
 }
 
 func (x *xdplbLB) Status(e *env) json.RawMessage {
-	out, err := x.cli(e, "status", "--json")
+	if x.inst == nil {
+		return nil
+	}
+	out, err := x.inst.StatusJSON()
 	if err != nil || !json.Valid(out) {
 		b, _ := json.Marshal(map[string]string{"error": fmt.Sprintf("%v: %s", err, tail(string(out), 500))})
 		return b
