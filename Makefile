@@ -46,14 +46,14 @@ lint: ## gofmt, go vet
 
 .PHONY: test
 test: root deps lint check-generate ## unit, packet, loader and end-to-end tests, then the kernel matrix (as root)
-	$(GO) test -count=1 -timeout 10m ./bpf/... ./loader/... ./control/... ./cmd/... ./tests/layers/ ./tests/testnet/... ./tests/apiserver/... ./tests/agent/...
+	$(GO) test -count=1 -timeout 10m ./bpf/... ./loader/... ./control/... ./cmd/... ./tests/layers/ ./tests/cmd/... ./tests/lab/... ./tests/testnet/... ./tests/apiserver/... ./tests/agent/...
 	$(GO) test -count=1 -timeout 15m -v ./tests/e2e/ 2>&1 | tee /tmp/xdplb-e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|REPORT)|e2e_|\.go:[0-9]+:' ; test $${PIPESTATUS[0]} -eq 0
 	$(MAKE) vagrant-check
 	$(MAKE) vm-test
 
 .PHONY: test-unit
 test-unit: ## tests that need no root
-	$(GO) test -count=1 ./control/... ./cmd/...
+	$(GO) test -count=1 ./control/... ./cmd/... ./tests/cmd/... ./tests/lab/...
 
 .PHONY: fuzz
 fuzz: root ## fuzz the data path for 60 s

@@ -26,6 +26,8 @@ import (
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/xdplb/xdplb/tests/testenv"
 )
 
 // report prints a line the matrix runner collects (tests/vm/vmrun looks for
@@ -36,9 +38,7 @@ func report(t *testing.T, format string, args ...any) {
 }
 
 func TestXDPOnVeth(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (CAP_BPF, CAP_NET_ADMIN): run as root or through tests/vm/run-kernel.sh")
-	}
+	testenv.RequireRoot(t, "CAP_BPF, CAP_NET_ADMIN: loads and attaches an XDP program; tests/vm/run-kernel.sh runs it as root in a guest")
 	if err := rlimit.RemoveMemlock(); err != nil {
 		t.Fatalf("remove memlock rlimit (kernels before 5.11 charge BPF memory to it): %v", err)
 	}
