@@ -57,7 +57,7 @@ func newBalancer(name string) (balancer, error) {
 	return nil, fmt.Errorf("unknown load balancer %q (have %s)", name, strings.Join(allBalancers, ", "))
 }
 
-var vipFrontend = netip.AddrPortFrom(testnet.VIPAddr(), testnet.APIPort)
+var vipFrontend = lab.Frontend()
 
 // direct: the agents connect straight to server-1, the ceiling.
 type direct struct{}
