@@ -67,7 +67,7 @@ func TestCreateRunClose(t *testing.T) {
 	if left, _ := filepath.Glob(filepath.Join("/run/netns", l.Prefix+"-*")); len(left) > 0 {
 		t.Errorf("namespaces left: %v", left)
 	}
-	if _, err := os.Stat(filepath.Join("/run/xdplb", in.Name+".sock")); err == nil {
+	if _, err := os.Stat(in.SocketPath()); err == nil {
 		t.Error("control socket left")
 	}
 	if _, err := l.NewInstance(l.LB(1), InstanceConfig{}); err == nil {
