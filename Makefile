@@ -70,7 +70,7 @@ bench-quick: root deps ## a ~3 minute smoke run of the benchmarks (bench/results
 	$(GO) run ./bench/cmd/lbbench --quick
 
 .PHONY: demo
-demo: root build ## a live demo in network namespaces: three mock API servers behind xdplb
+demo: root ## a live demo in network namespaces: three mock API servers behind xdplb
 	$(GO) run ./tests/demo
 
 # The host kernel runs the whole suite in `make test` itself.
