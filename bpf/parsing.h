@@ -21,6 +21,7 @@ struct packet {
 	struct tcphdr *tcp;
 	__u32 len;      /* bytes on the wire (TC: skb->len) */
 	__u32 ifindex;  /* ingress interface */
+	__u32 payload;  /* TCP payload bytes */
 	__u8 tcp_flags;
 };
 
@@ -59,6 +60,9 @@ static __always_inline int parse_packet(struct packet *p)
 		return STAT_PASS_TRUNCATED;
 	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
 		return STAT_PASS_FRAGMENT;
+	/* A whole IPv4 header: ICMP errors are read from here on. */
+	p->eth = eth;
+	p->ip = ip;
 	if (ip->protocol != IPPROTO_TCP)
 		return STAT_PASS_NOT_TCP;
 
@@ -70,10 +74,9 @@ static __always_inline int parse_packet(struct packet *p)
 	if (tcp->doff < 5 || (__u32)tcp->doff * 4 > tot_len - sizeof(*ip))
 		return STAT_PASS_BAD_TCP;
 
-	p->eth = eth;
-	p->ip = ip;
 	p->tcp = tcp;
 	p->tcp_flags = ((__u8 *)tcp)[13];
+	p->payload = tot_len - sizeof(*ip) - (__u32)tcp->doff * 4;
 	return PARSE_OK;
 }
 

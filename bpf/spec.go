@@ -22,6 +22,15 @@ type Config struct {
 	RefusedHold  time.Duration // how long a backend that refused a SYN is skipped
 	HashSeed     uint32        // 0 keeps the compiled-in seed
 	Clock        Clock         // which clock flows age by
+	// MaxConns sizes the established table (two entries a connection);
+	// 0 keeps FlowsMax/2.
+	MaxConns uint32
+	// MaxConnsPerClient caps one client address's established
+	// connections; 0: no cap.
+	MaxConnsPerClient uint32
+	// NoBackendReset: a new connection no backend can take gets a RST at
+	// once instead of its SYN being dropped.
+	NoBackendReset bool
 }
 
 // Clock selects the data path's clock.
@@ -91,7 +100,22 @@ func (c Config) Validate() error {
 	if p := c.Frontend.Port(); p >= c.SNATLo && p <= c.SNATHi {
 		return fmt.Errorf("snat ports %d-%d contain the frontend port %d", c.SNATLo, c.SNATHi, p)
 	}
+	if c.MaxConns > MaxConnsLimit {
+		return fmt.Errorf("max conns %d: at most %d", c.MaxConns, MaxConnsLimit)
+	}
 	return nil
+}
+
+// MaxConnsLimit bounds the established table: 4M connections, 8M entries
+// of ~100 bytes with the hash map's overhead, about 1 GiB of kernel memory.
+const MaxConnsLimit = 1 << 22
+
+// FlowEntries is the size of the established table for cfg.
+func (c Config) FlowEntries() uint32 {
+	if c.MaxConns == 0 {
+		return FlowsMax
+	}
+	return 2 * c.MaxConns
 }
 
 // LoadSpec returns the data path's collection spec with cfg set into its
@@ -109,9 +133,18 @@ func LoadSpec(cfg Config) (*ebpf.CollectionSpec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse embedded bpf object: %w", err)
 	}
-	var vars VariableSpecs
-	if err := spec.Assign(&vars); err != nil {
+	var objs struct {
+		MapSpecs
+		VariableSpecs
+	}
+	if err := spec.Assign(&objs); err != nil {
 		return nil, fmt.Errorf("bpf object: %w", err)
+	}
+	objs.Flows.MaxEntries = cfg.FlowEntries()
+	vars := objs.VariableSpecs
+	var noBackendReset uint32
+	if cfg.NoBackendReset {
+		noBackendReset = 1
 	}
 	set := []struct {
 		v     *ebpf.VariableSpec
@@ -126,6 +159,8 @@ func LoadSpec(cfg Config) (*ebpf.CollectionSpec, error) {
 		{vars.TimeoutClosingNs, uint64(cfg.CloseTimeout)},
 		{vars.TimeoutResetNs, uint64(cfg.ResetTimeout)},
 		{vars.RefusedHoldNs, uint64(cfg.RefusedHold)},
+		{vars.MaxConnsPerClient, cfg.MaxConnsPerClient},
+		{vars.NoBackendReset, noBackendReset},
 	}
 	if cfg.HashSeed != 0 {
 		set = append(set, struct {

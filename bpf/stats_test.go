@@ -19,7 +19,7 @@ func TestStatLabels(t *testing.T) {
 		t.Fatal(err)
 	}
 	prefixes := map[string]string{
-		"STAT_PASS_": VerdictPass, "STAT_FWD_": VerdictForward, "STAT_DROP_": VerdictDrop,
+		"STAT_PASS_": VerdictPass, "STAT_FWD_": VerdictForward, "STAT_RESET_": VerdictReset, "STAT_DROP_": VerdictDrop,
 		"STAT_ABORTED": VerdictAbort, "STAT_INFO_": VerdictInfo,
 	}
 	seen := map[string]bool{}

@@ -42,13 +42,21 @@ const (
 	FlowEstablished = xdplbFlowStateFLOW_ESTABLISHED
 	FlowClosing     = xdplbFlowStateFLOW_CLOSING
 	FlowReset       = xdplbFlowStateFLOW_RESET
+	FlowClosed      = xdplbFlowStateFLOW_CLOSED
 
 	FlowToBackend = xdplbFlowDirFLOW_TO_BACKEND
 	FlowToClient  = xdplbFlowDirFLOW_TO_CLIENT
 )
 
-// flowFlagSynAck marks a half-open flow its backend has answered (FLOW_F_SYNACK).
-const flowFlagSynAck = 0x01
+// Flow.Flags (FLOW_F_* in xdplb_structs.h).
+const (
+	// FlowFlagSynAck marks a half-open flow its backend has answered.
+	FlowFlagSynAck = 0x01
+	// FlowFlagSeq says Flow.SeqNext is known.
+	FlowFlagSeq = 0x02
+	// FlowFlagFIN: this direction's sender has closed.
+	FlowFlagFIN = 0x08
+)
 
 // BackendFlagMAC says Backend.Mac, Smac and Ifindex are resolved.
 const BackendFlagMAC = 0x01
@@ -63,6 +71,8 @@ const (
 	// FlowsMax and HalfOpenMax are the capacities of the two flow tables.
 	FlowsMax    = uint32(xdplbXdplbLimitXDPLB_FLOWS_MAX)
 	HalfOpenMax = uint32(xdplbXdplbLimitXDPLB_HALF_OPEN_MAX)
+	// ClientsMax is how many client addresses the per-client limit counts.
+	ClientsMax = uint32(xdplbXdplbLimitXDPLB_CLIENTS_MAX)
 )
 
 // FlowTable names one of the data path's two flow tables.
@@ -97,6 +107,8 @@ func (s FlowState) String() string {
 		return "closing"
 	case FlowReset:
 		return "reset"
+	case FlowClosed:
+		return "closed"
 	}
 	return "unknown"
 }

@@ -21,6 +21,8 @@
 #include "parsing.h"
 #include "csum.h"
 #include "jhash.h"
+#include "tcp.h"
+#include "reset.h"
 
 #ifndef AF_INET
 #define AF_INET 2
@@ -54,6 +56,14 @@ volatile const __u64 timeout_reset_ns = 2ULL * 1000000000ULL;
 volatile const __u64 refused_hold_ns = 10ULL * 1000000000ULL;
 /* Fixed, so both LBs of a pair pick the same backend for a connection. */
 volatile const __u32 hash_seed = 0x786c6231; /* "xlb1" */
+/* Established connections one client address may hold; 0: no limit. */
+volatile const __u32 max_conns_per_client = 0;
+/* 1: a new connection no backend can take gets a RST at once; 0: its SYN
+ * is dropped (the client retransmits). */
+volatile const __u32 no_backend_reset = 0;
+
+/* After the consts: it reads frontend_addr. */
+#include "icmp.h"
 
 static __always_inline void count(__u32 reason)
 {
@@ -110,25 +120,76 @@ static __always_inline void set_state(struct flow *f, __u8 state, __u64 now)
 	f->last_seen_ns = now;
 }
 
-/* Follow FIN and RST on an established flow, in both of its entries so they
- * age out together. Only packets carrying FIN or RST get here. */
-static __always_inline void track_close(struct flow *f, __u8 tcp_flags, __u64 now)
+/* A FIN or RST on an established flow (f, keyed k: the entry of the
+ * sender's direction). Only one the endpoint itself sent (see tcp.h) moves
+ * the connection towards its end, in both entries so they age out
+ * together; anything else is forwarded and left to the receiver. */
+static __always_inline void track_close(struct flow *f, const struct packet *p, __u64 now)
 {
 	struct flow_key tk;
 	struct flow *twin;
 	__u8 state;
 
-	if (tcp_flags & TH_RST)
+	if (p->tcp_flags & TH_RST) {
+		if (!trusted_rst(f, p)) {
+			count(STAT_INFO_CLOSE_IGNORED);
+			return;
+		}
 		state = FLOW_RESET;
-	else if (f->state == FLOW_ESTABLISHED)
+	} else {
+		if (!trusted_fin(f, p)) {
+			count(STAT_INFO_CLOSE_IGNORED);
+			return;
+		}
+		f->flags |= FLOW_F_FIN;
 		state = FLOW_CLOSING;
-	else
-		return;
-	set_state(f, state, now);
+	}
 	twin_key(f, &tk);
 	twin = bpf_map_lookup_elem(&flows, &tk);
+	if (state == FLOW_CLOSING && twin && (twin->flags & FLOW_F_FIN))
+		state = FLOW_CLOSED;
+	if (f->state < state)
+		set_state(f, state, now);
 	if (twin && twin->state < state)
 		set_state(twin, state, now);
+}
+
+/* A connection the data path forgets before its end: its client counts
+ * one connection less. */
+static __always_inline void uncount_client(__be32 client)
+{
+	__u32 *n = bpf_map_lookup_elem(&client_conns, &client);
+
+	if (n && *n > 0)
+		__sync_fetch_and_add(n, -1);
+}
+
+static __always_inline void count_client(__be32 client)
+{
+	__u32 *n = bpf_map_lookup_elem(&client_conns, &client);
+	__u32 one = 1;
+
+	if (n) {
+		__sync_fetch_and_add(n, 1);
+		return;
+	}
+	if (bpf_map_update_elem(&client_conns, &client, &one, BPF_NOEXIST)) {
+		n = bpf_map_lookup_elem(&client_conns, &client);
+		if (n)
+			__sync_fetch_and_add(n, 1);
+	}
+}
+
+/* Deletes both entries of the connection f (keyed k) from map. */
+static __always_inline void forget(void *map, struct flow *f, struct flow_key *k)
+{
+	struct flow_key tk;
+
+	twin_key(f, &tk);
+	if (map == (void *)&flows && f->state == FLOW_ESTABLISHED)
+		uncount_client(f->dir == FLOW_TO_BACKEND ? k->saddr : f->daddr);
+	bpf_map_delete_elem(map, &tk);
+	bpf_map_delete_elem(map, k);
 }
 
 static __always_inline void touch(struct flow *f, __u64 now)
@@ -142,12 +203,9 @@ static __always_inline void touch(struct flow *f, __u64 now)
 static __always_inline struct flow *lookup_live(void *map, struct flow_key *k, __u64 now)
 {
 	struct flow *f = bpf_map_lookup_elem(map, k);
-	struct flow_key tk;
 
 	if (f && flow_expired(f, now)) {
-		twin_key(f, &tk);
-		bpf_map_delete_elem(map, &tk);
-		bpf_map_delete_elem(map, k);
+		forget(map, f, k);
 		count(STAT_INFO_FLOW_EXPIRED);
 		return NULL;
 	}
@@ -221,6 +279,44 @@ static __always_inline int backend_nexthop(void *ctx, const struct packet *p, co
 	return 0;
 }
 
+/* Where a forwarded packet leaves: the next hop's MAC, ours, and the
+ * interface (0: the one it came in on). */
+struct egress {
+	__u8 dmac[ETH_ALEN];
+	__u8 smac[ETH_ALEN];
+	__u32 ifindex;
+};
+
+/* What process decided for a packet it forwards. */
+struct verdict {
+	struct flow *f;  /* the rewrite (TCP) */
+	struct egress out;
+};
+
+static __always_inline void egress_of_flow(struct egress *out, const struct flow *f)
+{
+	__builtin_memcpy(out->dmac, f->dmac, ETH_ALEN);
+	__builtin_memcpy(out->smac, f->smac, ETH_ALEN);
+	out->ifindex = f->ifindex;
+}
+
+/* Toward a backend, the next hop is the backend's current one: a server
+ * whose MAC changed (NIC replaced, VM migrated) keeps its connections as
+ * soon as userspace resolves it anew. The flow's own copy serves when
+ * userspace has not resolved it (bpf_fib_lookup gave it). */
+static __always_inline void egress_to_backend(struct egress *out, const struct flow *f, __u32 in_ifindex)
+{
+	struct backend *be = bpf_map_lookup_elem(&backends, &f->backend);
+
+	if (be && (be->flags & BACKEND_F_MAC)) {
+		__builtin_memcpy(out->dmac, be->mac, ETH_ALEN);
+		__builtin_memcpy(out->smac, be->smac, ETH_ALEN);
+		out->ifindex = be->ifindex == in_ifindex ? 0 : be->ifindex;
+		return;
+	}
+	egress_of_flow(out, f);
+}
+
 /* A client SYN without a flow: choose a backend and a SNAT port, record
  * both directions as half-open. *out receives the client->backend entry. */
 static __always_inline int open_flow(void *ctx, const struct packet *p, const struct flow_key *ck, __u64 now,
@@ -229,16 +325,26 @@ static __always_inline int open_flow(void *ctx, const struct packet *p, const st
 	struct flow_key rk = {};
 	struct flow rev = {};
 	struct backend *be;
-	__u32 id, range, i;
+	struct lb_control *ctl;
+	__u32 id, range, i, zero = 0;
+	__u32 *held;
 	__u16 port = 0;
 	int claimed = 0;
 
+	ctl = bpf_map_lookup_elem(&control, &zero);
+	if (ctl && ctl->refuse_new)
+		return STAT_RESET_TABLE_FULL;
+	if (max_conns_per_client) {
+		held = bpf_map_lookup_elem(&client_conns, &ck->saddr);
+		if (held && *held >= max_conns_per_client)
+			return STAT_RESET_CLIENT_LIMIT;
+	}
 	id = pick_backend(ck, now);
 	if (id == NO_BACKEND)
-		return STAT_DROP_NO_BACKEND;
+		return no_backend_reset ? STAT_RESET_NO_BACKEND : STAT_DROP_NO_BACKEND;
 	be = bpf_map_lookup_elem(&backends, &id);
 	if (!be || be->addr == 0)
-		return STAT_DROP_NO_BACKEND;
+		return no_backend_reset ? STAT_RESET_NO_BACKEND : STAT_DROP_NO_BACKEND;
 
 	__builtin_memset(out, 0, sizeof(*out));
 	if (backend_nexthop(ctx, p, be, out))
@@ -293,6 +399,7 @@ static __always_inline int open_flow(void *ctx, const struct packet *p, const st
 	out->backend = id;
 	out->state = FLOW_SYN_SENT;
 	out->dir = FLOW_TO_BACKEND;
+	track_syn(out, p);
 	if (bpf_map_update_elem(&half_open, ck, out, BPF_ANY)) {
 		bpf_map_delete_elem(&half_open, &rk);
 		return STAT_DROP_FLOW_INSERT;
@@ -301,9 +408,11 @@ static __always_inline int open_flow(void *ctx, const struct packet *p, const st
 }
 
 /* The client's ACK of a SYN-ACK: the handshake is complete; move both
- * entries (f, keyed k, and its twin) to the established table. */
-static __always_inline int complete_flow(struct flow *f, struct flow_key *k, __u64 now, struct flow *scratch,
-					 struct flow **apply)
+ * entries (f, keyed k, and its twin) to the established table. A full
+ * table refuses the connection (a RST to the client) rather than evicting
+ * anyone. */
+static __always_inline int complete_flow(struct flow *f, struct flow_key *k, const struct packet *p, __u64 now,
+					 struct flow *scratch, struct flow **apply)
 {
 	struct flow_key tk;
 	struct flow *rev;
@@ -318,20 +427,27 @@ static __always_inline int complete_flow(struct flow *f, struct flow_key *k, __u
 	}
 	__builtin_memcpy(scratch, rev, sizeof(*scratch));
 	scratch->state = FLOW_ESTABLISHED;
-	scratch->flags = 0;
+	scratch->flags &= ~FLOW_F_SYNACK;
 	scratch->last_seen_ns = now;
-	if (bpf_map_update_elem(&flows, &tk, scratch, BPF_ANY))
-		return STAT_DROP_FLOW_INSERT;
+	if (bpf_map_update_elem(&flows, &tk, scratch, BPF_NOEXIST)) {
+		bpf_map_delete_elem(&half_open, &tk);
+		bpf_map_delete_elem(&half_open, k);
+		return STAT_RESET_TABLE_FULL;
+	}
 	__builtin_memcpy(scratch, f, sizeof(*scratch));
 	scratch->state = FLOW_ESTABLISHED;
-	scratch->flags = 0;
+	scratch->flags &= ~FLOW_F_SYNACK;
 	scratch->last_seen_ns = now;
-	if (bpf_map_update_elem(&flows, k, scratch, BPF_ANY)) {
+	track_segment(scratch, p);
+	if (bpf_map_update_elem(&flows, k, scratch, BPF_NOEXIST)) {
 		bpf_map_delete_elem(&flows, &tk);
-		return STAT_DROP_FLOW_INSERT;
+		bpf_map_delete_elem(&half_open, &tk);
+		bpf_map_delete_elem(&half_open, k);
+		return STAT_RESET_TABLE_FULL;
 	}
 	bpf_map_delete_elem(&half_open, &tk);
 	bpf_map_delete_elem(&half_open, k);
+	count_client(k->saddr);
 	*apply = scratch;
 	return STAT_FWD_TO_BACKEND;
 }
@@ -345,24 +461,24 @@ static __always_inline int is_pure_syn(__u8 flags)
 static __always_inline int client_packet(void *ctx, struct packet *p, struct flow_key *k, __u64 now,
 					 struct flow *scratch, struct flow **apply)
 {
-	struct flow_key tk;
 	struct flow *f;
 	int r;
 
 	f = lookup_live(&flows, k, now);
-	if (f && is_pure_syn(p->tcp_flags) && f->state >= FLOW_CLOSING) {
+	if (f && is_pure_syn(p->tcp_flags) && (f->state == FLOW_RESET || f->state == FLOW_CLOSED)) {
 		/* The client reuses the 4-tuple of a finished connection:
-		 * a new connection, which may go to another backend. */
-		twin_key(f, &tk);
-		bpf_map_delete_elem(&flows, &tk);
-		bpf_map_delete_elem(&flows, k);
+		 * a new connection, which may go to another backend. A SYN on
+		 * a connection that is not finished goes to its backend,
+		 * whose kernel answers it (RFC 5961: a challenge ACK). */
+		forget(&flows, f, k);
 		count(STAT_INFO_FLOW_REOPENED);
 		f = NULL;
 	}
 	if (f) {
 		touch(f, now);
 		if (p->tcp_flags & (TH_FIN | TH_RST))
-			track_close(f, p->tcp_flags, now);
+			track_close(f, p, now);
+		track_segment(f, p);
 		*apply = f;
 		return STAT_FWD_TO_BACKEND;
 	}
@@ -370,12 +486,13 @@ static __always_inline int client_packet(void *ctx, struct packet *p, struct flo
 	f = lookup_live(&half_open, k, now);
 	if (f) {
 		if ((f->flags & FLOW_F_SYNACK) && (p->tcp_flags & (TH_SYN | TH_ACK | TH_RST)) == TH_ACK)
-			return complete_flow(f, k, now, scratch, apply);
+			return complete_flow(f, k, p, now, scratch, apply);
 		/* SYN retransmission (or the client giving up with RST):
 		 * same backend, same SNAT port. */
 		touch(f, now);
-		if (p->tcp_flags & TH_RST)
+		if ((p->tcp_flags & TH_RST) && trusted_rst(f, p))
 			set_state(f, FLOW_RESET, now);
+		track_segment(f, p);
 		*apply = f;
 		return STAT_FWD_TO_BACKEND;
 	}
@@ -400,7 +517,8 @@ static __always_inline int backend_packet(struct packet *p, struct flow_key *k, 
 	if (f) {
 		touch(f, now);
 		if (p->tcp_flags & (TH_FIN | TH_RST))
-			track_close(f, p->tcp_flags, now);
+			track_close(f, p, now);
+		track_segment(f, p);
 		*apply = f;
 		return STAT_FWD_TO_CLIENT;
 	}
@@ -409,8 +527,14 @@ static __always_inline int backend_packet(struct packet *p, struct flow_key *k, 
 	if (!f)
 		return STAT_PASS_REPLY_NO_FLOW;
 	twin_key(f, &ck);
+	fwd = bpf_map_lookup_elem(&half_open, &ck);
 
-	if ((p->tcp_flags & TH_RST) && f->state == FLOW_SYN_SENT) {
+	if ((p->tcp_flags & TH_RST) && f->state == FLOW_SYN_SENT && !(f->flags & FLOW_F_SYNACK)) {
+		/* A RST to our SYN is real only if it acknowledges the SYN
+		 * (RFC 793); anyone can send the others. */
+		if (!fwd || !(p->tcp_flags & TH_ACK) || !(fwd->flags & FLOW_F_SEQ) ||
+		    bpf_ntohl(p->tcp->ack_seq) != fwd->seq_next)
+			return STAT_DROP_BAD_RST;
 		/* The backend's host is up but nothing listens: flag it so new
 		 * flows skip it, forget this flow and swallow the reset, so the
 		 * client's retransmitted SYN lands on a live backend. */
@@ -424,29 +548,70 @@ static __always_inline int backend_packet(struct packet *p, struct flow_key *k, 
 
 	if ((p->tcp_flags & (TH_SYN | TH_ACK)) != (TH_SYN | TH_ACK)) {
 		touch(f, now);
+		if ((p->tcp_flags & TH_RST) && trusted_rst(f, p))
+			set_state(f, FLOW_RESET, now);
+		track_segment(f, p);
 		*apply = f;
 		return STAT_FWD_TO_CLIENT;
 	}
 
 	/* SYN-ACK: remember that the backend answered; the client's ACK
 	 * moves the connection to the established table. */
-	f->flags |= FLOW_F_SYNACK;
-	fwd = bpf_map_lookup_elem(&half_open, &ck);
 	if (!fwd) {
 		/* The client's half was evicted (SYN flood): let the kernel
 		 * reset the backend; the client's next SYN starts afresh. */
 		bpf_map_delete_elem(&half_open, k);
 		return STAT_PASS_REPLY_NO_FLOW;
 	}
-	fwd->flags |= FLOW_F_SYNACK;
+	if ((fwd->flags & FLOW_F_SEQ) && bpf_ntohl(p->tcp->ack_seq) == fwd->seq_next) {
+		f->flags |= FLOW_F_SYNACK;
+		fwd->flags |= FLOW_F_SYNACK;
+		track_syn(f, p);
+	}
 	touch(f, now);
 	*apply = f;
 	return STAT_FWD_TO_CLIENT;
 }
 
-/* Decide. Returns the stat reason, which also names the verdict; *apply is
- * set for the FWD_ reasons. */
-static __always_inline int process(void *ctx, struct packet *p, struct flow *scratch, struct flow **apply)
+/* An ICMP error to the frontend address: translated for the endpoint of
+ * the connection it is about, else left to the kernel. */
+static __always_inline int icmp_packet(struct packet *p, struct verdict *v)
+{
+	struct icmphdr *icmp;
+	struct iphdr *in;
+	__be16 *ports;
+	struct flow_key k = {};
+	struct flow *f;
+	__u16 sport;
+
+	if (icmp_quote(p, &icmp, &in, &ports))
+		return STAT_PASS_NOT_TCP;
+	/* The key of the connection's direction opposite to the quoted
+	 * packet's: its entry rewrites toward the endpoint to tell. */
+	k.saddr = in->daddr;
+	k.daddr = frontend_addr;
+	k.sport = ports[1];
+	k.dport = ports[0];
+	k.proto = IPPROTO_TCP;
+	sport = bpf_ntohs(ports[0]);
+	if (ports[0] != frontend_port && (sport < snat_port_lo || sport > snat_port_hi))
+		return STAT_PASS_ICMP_NO_FLOW;
+	f = bpf_map_lookup_elem(&flows, &k);
+	if (!f)
+		f = bpf_map_lookup_elem(&half_open, &k);
+	if (!f)
+		return STAT_PASS_ICMP_NO_FLOW;
+	if (f->dir == FLOW_TO_BACKEND)
+		egress_to_backend(&v->out, f, p->ifindex);
+	else
+		egress_of_flow(&v->out, f);
+	icmp_translate(p, icmp, in, ports, f);
+	return STAT_FWD_ICMP;
+}
+
+/* Decide. Returns the stat reason, which also names the verdict; v is
+ * filled for the FWD_ reasons. */
+static __always_inline int process(void *ctx, struct packet *p, struct flow *scratch, struct verdict *v)
 {
 	struct flow_key k = {};
 	__u64 now;
@@ -454,6 +619,8 @@ static __always_inline int process(void *ctx, struct packet *p, struct flow *scr
 	int r;
 
 	r = parse_packet(p);
+	if (r == STAT_PASS_NOT_TCP && p->ip->daddr == frontend_addr && p->ip->protocol == IPPROTO_ICMP)
+		return icmp_packet(p, v);
 	if (r != PARSE_OK)
 		return r;
 	if (p->ip->daddr != frontend_addr)
@@ -465,39 +632,54 @@ static __always_inline int process(void *ctx, struct packet *p, struct flow *scr
 	k.dport = p->tcp->dest;
 	k.proto = IPPROTO_TCP;
 
-	if (k.dport == frontend_port) {
-		now = clock_now();
-		return client_packet(ctx, p, &k, now, scratch, apply);
-	}
 	dport = bpf_ntohs(k.dport);
-	if (dport >= snat_port_lo && dport <= snat_port_hi) {
-		now = clock_now();
-		return backend_packet(p, &k, now, scratch, apply);
+	if (k.dport != frontend_port && (dport < snat_port_lo || dport > snat_port_hi))
+		return STAT_PASS_OTHER_PORT;
+	if (!valid_flags(p->tcp_flags))
+		return STAT_DROP_BAD_FLAGS;
+	now = clock_now();
+	if (k.dport == frontend_port)
+		r = client_packet(ctx, p, &k, now, scratch, &v->f);
+	else
+		r = backend_packet(p, &k, now, scratch, &v->f);
+	if (r == STAT_FWD_NEW_FLOW || r == STAT_FWD_TO_BACKEND) {
+		if (v->f)
+			egress_to_backend(&v->out, v->f, p->ifindex);
+	} else if (r == STAT_FWD_TO_CLIENT) {
+		if (v->f)
+			egress_of_flow(&v->out, v->f);
 	}
-	return STAT_PASS_OTHER_PORT;
+	return r;
 }
 
 static __always_inline int is_forward(int reason)
 {
-	return reason >= STAT_FWD_NEW_FLOW && reason <= STAT_FWD_TO_CLIENT;
+	return reason >= STAT_FWD_NEW_FLOW && reason <= STAT_FWD_ICMP;
+}
+
+static __always_inline int is_reset(int reason)
+{
+	return reason >= STAT_RESET_NO_BACKEND && reason <= STAT_RESET_CLIENT_LIMIT;
 }
 
 static __always_inline int is_drop(int reason)
 {
-	return reason >= STAT_DROP_NO_BACKEND && reason <= STAT_DROP_FLOW_INSERT;
+	return reason >= STAT_DROP_NO_BACKEND && reason <= STAT_DROP_BAD_RST;
 }
 
-/* Rewrite the headers the parser validated. XDP sees complete checksums
- * (a NIC's receive path), so plain incremental updates are right. */
-static __always_inline void rewrite_headers(struct packet *p, const struct flow *f)
+/* Set the Ethernet header for the next hop. */
+static __always_inline void rewrite_eth(struct ethhdr *eth, const struct egress *out)
 {
-	struct ethhdr *eth = p->eth;
-
-	if (f->ifindex == 0)
+	if (out->ifindex == 0)
 		__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
 	else
-		__builtin_memcpy(eth->h_source, f->smac, ETH_ALEN);
-	__builtin_memcpy(eth->h_dest, f->dmac, ETH_ALEN);
+		__builtin_memcpy(eth->h_source, out->smac, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, out->dmac, ETH_ALEN);
+}
+
+/* Rewrite the addressing the parser validated. */
+static __always_inline void rewrite_tcp(struct packet *p, const struct flow *f)
+{
 	p->ip->saddr = f->saddr;
 	p->ip->daddr = f->daddr;
 	p->tcp->source = f->sport;
@@ -508,8 +690,10 @@ SEC("xdp")
 int xdplb_xdp(struct xdp_md *ctx)
 {
 	struct flow scratch;
-	struct flow *f = NULL;
+	struct verdict v = {};
 	struct packet p = {};
+	struct reset_diff rd;
+	const struct flow *f;
 	int r;
 
 	p.data = (void *)(long)ctx->data;
@@ -517,23 +701,36 @@ int xdplb_xdp(struct xdp_md *ctx)
 	p.len = p.data_end - p.data;
 	p.ifindex = ctx->ingress_ifindex;
 
-	r = process(ctx, &p, &scratch, &f);
+	r = process(ctx, &p, &scratch, &v);
 	count(r);
+	if (is_reset(r)) {
+		/* Refused: the SYN (or ACK) goes back to its sender as a RST. */
+		rd = make_reset(&p);
+		p.ip->check = csum_apply(p.ip->check, rd.ip);
+		p.tcp->check = csum_apply(p.tcp->check, rd.tcp);
+		return XDP_TX;
+	}
 	if (is_drop(r))
 		return XDP_DROP;
 	if (!is_forward(r))
 		return XDP_PASS;
-	if (!f) {
-		count(STAT_ABORTED_REDIRECT);
-		return XDP_ABORTED;
+	if (r != STAT_FWD_ICMP) {
+		f = v.f;
+		if (!f) {
+			count(STAT_ABORTED_REDIRECT);
+			return XDP_ABORTED;
+		}
+		count_backend(f->backend, p.len, r == STAT_FWD_NEW_FLOW);
+		rewrite_tcp(&p, f);
+		/* XDP sees complete checksums (a NIC's receive path), so
+		 * plain incremental updates are right. */
+		p.ip->check = csum_apply(p.ip->check, f->csum_addr);
+		p.tcp->check = csum_apply(p.tcp->check, csum_add(f->csum_addr, f->csum_port));
 	}
-	count_backend(f->backend, p.len, r == STAT_FWD_NEW_FLOW);
-	rewrite_headers(&p, f);
-	p.ip->check = csum_apply(p.ip->check, f->csum_addr);
-	p.tcp->check = csum_apply(p.tcp->check, csum_add(f->csum_addr, f->csum_port));
-	if (f->ifindex == 0 || f->ifindex == p.ifindex)
+	rewrite_eth(p.eth, &v.out);
+	if (v.out.ifindex == 0 || v.out.ifindex == p.ifindex)
 		return XDP_TX;
-	r = bpf_redirect(f->ifindex, 0);
+	r = bpf_redirect(v.out.ifindex, 0);
 	if (r != XDP_REDIRECT)
 		count(STAT_ABORTED_REDIRECT);
 	return r;
@@ -551,27 +748,50 @@ SEC("tc")
 int xdplb_tc(struct __sk_buff *skb)
 {
 	struct flow scratch;
-	struct flow *f = NULL;
+	struct verdict v = {};
 	struct packet p = {};
-	__u32 ifindex;
+	struct reset_diff rd;
+	const struct flow *f;
+	__u32 ifindex, pull;
+	__u32 csum_addr, csum_port;
 	int r;
 
 	p.data = (void *)(long)skb->data;
 	p.data_end = (void *)(long)skb->data_end;
-	if (p.data + TC_HEADERS_LEN > p.data_end && skb->len >= TC_HEADERS_LEN) {
-		bpf_skb_pull_data(skb, TC_HEADERS_LEN);
+	/* Direct access needs the headers in the linear part; ICMP errors
+	 * need their quote too. */
+	pull = skb->protocol == bpf_htons(ETH_P_IP) && skb->len >= ICMP_ERR_LEN ? ICMP_ERR_LEN : TC_HEADERS_LEN;
+	if (p.data + pull > p.data_end && skb->len >= pull) {
+		bpf_skb_pull_data(skb, pull);
 		p.data = (void *)(long)skb->data;
 		p.data_end = (void *)(long)skb->data_end;
 	}
 	p.len = skb->len;
 	p.ifindex = skb->ifindex;
 
-	r = process(skb, &p, &scratch, &f);
+	r = process(skb, &p, &scratch, &v);
 	count(r);
+	if (is_reset(r)) {
+		rd = make_reset(&p);
+		/* The helpers invalidate packet pointers: nothing reads the
+		 * packet after them. A partial checksum stays right: the
+		 * helpers leave it alone for non pseudo-header changes. */
+		if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, 0, rd.ip, 0) ||
+		    bpf_l4_csum_replace(skb, TCP_CSUM_OFF, 0, rd.tcp, 0)) {
+			count(STAT_ABORTED_REDIRECT);
+			return TC_ACT_SHOT;
+		}
+		return bpf_redirect(skb->ifindex, 0);
+	}
 	if (is_drop(r))
 		return TC_ACT_SHOT;
 	if (!is_forward(r))
 		return TC_ACT_UNSPEC;
+	rewrite_eth(p.eth, &v.out);
+	ifindex = v.out.ifindex ? v.out.ifindex : skb->ifindex;
+	if (r == STAT_FWD_ICMP)
+		return bpf_redirect(ifindex, 0);
+	f = v.f;
 	if (!f) {
 		count(STAT_ABORTED_REDIRECT);
 		return TC_ACT_SHOT;
@@ -579,13 +799,14 @@ int xdplb_tc(struct __sk_buff *skb)
 	count_backend(f->backend, p.len, r == STAT_FWD_NEW_FLOW);
 	if (skb->gso_segs > 1)
 		count(STAT_INFO_GSO);
-	rewrite_headers(&p, f);
-	ifindex = f->ifindex ? f->ifindex : skb->ifindex;
+	rewrite_tcp(&p, f);
+	csum_addr = f->csum_addr;
+	csum_port = f->csum_port;
 	/* The helpers below invalidate packet pointers: nothing reads the
 	 * packet after them. */
-	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, 0, f->csum_addr, 0) ||
-	    bpf_l4_csum_replace(skb, TCP_CSUM_OFF, 0, f->csum_addr, BPF_F_PSEUDO_HDR) ||
-	    bpf_l4_csum_replace(skb, TCP_CSUM_OFF, 0, f->csum_port, 0)) {
+	if (bpf_l3_csum_replace(skb, IP_CSUM_OFF, 0, csum_addr, 0) ||
+	    bpf_l4_csum_replace(skb, TCP_CSUM_OFF, 0, csum_addr, BPF_F_PSEUDO_HDR) ||
+	    bpf_l4_csum_replace(skb, TCP_CSUM_OFF, 0, csum_port, 0)) {
 		count(STAT_ABORTED_REDIRECT);
 		return TC_ACT_SHOT;
 	}

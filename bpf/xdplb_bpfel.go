@@ -49,6 +49,8 @@ type xdplbFlow struct {
 	Dir        uint8
 	Flags      uint8
 	Pad        uint8
+	SeqNext    uint32
+	Pad2       uint32
 	_          [4]byte
 }
 
@@ -76,12 +78,13 @@ const (
 	xdplbFlowStateFLOW_ESTABLISHED xdplbFlowState = 2
 	xdplbFlowStateFLOW_CLOSING     xdplbFlowState = 3
 	xdplbFlowStateFLOW_RESET       xdplbFlowState = 4
+	xdplbFlowStateFLOW_CLOSED      xdplbFlowState = 5
 )
 
 type xdplbLbControl struct {
 	_            structs.HostLayout
 	MaglevActive uint32
-	Pad          uint32
+	RefuseNew    uint32
 }
 
 type xdplbXdplbLimit uint32
@@ -91,6 +94,7 @@ const (
 	xdplbXdplbLimitXDPLB_MAGLEV_SIZE   xdplbXdplbLimit = 65537
 	xdplbXdplbLimitXDPLB_FLOWS_MAX     xdplbXdplbLimit = 262144
 	xdplbXdplbLimitXDPLB_HALF_OPEN_MAX xdplbXdplbLimit = 65536
+	xdplbXdplbLimitXDPLB_CLIENTS_MAX   xdplbXdplbLimit = 65536
 )
 
 type xdplbXdplbStat uint32
@@ -108,20 +112,28 @@ const (
 	xdplbXdplbStatSTAT_PASS_OTHER_PORT      xdplbXdplbStat = 9
 	xdplbXdplbStatSTAT_PASS_NO_FLOW         xdplbXdplbStat = 10
 	xdplbXdplbStatSTAT_PASS_REPLY_NO_FLOW   xdplbXdplbStat = 11
-	xdplbXdplbStatSTAT_FWD_NEW_FLOW         xdplbXdplbStat = 12
-	xdplbXdplbStatSTAT_FWD_TO_BACKEND       xdplbXdplbStat = 13
-	xdplbXdplbStatSTAT_FWD_TO_CLIENT        xdplbXdplbStat = 14
-	xdplbXdplbStatSTAT_DROP_NO_BACKEND      xdplbXdplbStat = 15
-	xdplbXdplbStatSTAT_DROP_PORTS_EXHAUSTED xdplbXdplbStat = 16
-	xdplbXdplbStatSTAT_DROP_NO_NEIGH        xdplbXdplbStat = 17
-	xdplbXdplbStatSTAT_DROP_BACKEND_RESET   xdplbXdplbStat = 18
-	xdplbXdplbStatSTAT_DROP_FLOW_INSERT     xdplbXdplbStat = 19
-	xdplbXdplbStatSTAT_ABORTED_REDIRECT     xdplbXdplbStat = 20
-	xdplbXdplbStatSTAT_INFO_FLOW_EXPIRED    xdplbXdplbStat = 21
-	xdplbXdplbStatSTAT_INFO_FLOW_REOPENED   xdplbXdplbStat = 22
-	xdplbXdplbStatSTAT_INFO_FIB_LOOKUP      xdplbXdplbStat = 23
-	xdplbXdplbStatSTAT_INFO_GSO             xdplbXdplbStat = 24
-	xdplbXdplbStatSTAT_MAX                  xdplbXdplbStat = 25
+	xdplbXdplbStatSTAT_PASS_ICMP_NO_FLOW    xdplbXdplbStat = 12
+	xdplbXdplbStatSTAT_FWD_NEW_FLOW         xdplbXdplbStat = 13
+	xdplbXdplbStatSTAT_FWD_TO_BACKEND       xdplbXdplbStat = 14
+	xdplbXdplbStatSTAT_FWD_TO_CLIENT        xdplbXdplbStat = 15
+	xdplbXdplbStatSTAT_FWD_ICMP             xdplbXdplbStat = 16
+	xdplbXdplbStatSTAT_RESET_NO_BACKEND     xdplbXdplbStat = 17
+	xdplbXdplbStatSTAT_RESET_TABLE_FULL     xdplbXdplbStat = 18
+	xdplbXdplbStatSTAT_RESET_CLIENT_LIMIT   xdplbXdplbStat = 19
+	xdplbXdplbStatSTAT_DROP_NO_BACKEND      xdplbXdplbStat = 20
+	xdplbXdplbStatSTAT_DROP_PORTS_EXHAUSTED xdplbXdplbStat = 21
+	xdplbXdplbStatSTAT_DROP_NO_NEIGH        xdplbXdplbStat = 22
+	xdplbXdplbStatSTAT_DROP_BACKEND_RESET   xdplbXdplbStat = 23
+	xdplbXdplbStatSTAT_DROP_FLOW_INSERT     xdplbXdplbStat = 24
+	xdplbXdplbStatSTAT_DROP_BAD_FLAGS       xdplbXdplbStat = 25
+	xdplbXdplbStatSTAT_DROP_BAD_RST         xdplbXdplbStat = 26
+	xdplbXdplbStatSTAT_ABORTED_REDIRECT     xdplbXdplbStat = 27
+	xdplbXdplbStatSTAT_INFO_FLOW_EXPIRED    xdplbXdplbStat = 28
+	xdplbXdplbStatSTAT_INFO_FLOW_REOPENED   xdplbXdplbStat = 29
+	xdplbXdplbStatSTAT_INFO_FIB_LOOKUP      xdplbXdplbStat = 30
+	xdplbXdplbStatSTAT_INFO_GSO             xdplbXdplbStat = 31
+	xdplbXdplbStatSTAT_INFO_CLOSE_IGNORED   xdplbXdplbStat = 32
+	xdplbXdplbStatSTAT_MAX                  xdplbXdplbStat = 33
 )
 
 // Names of all BPF objects in the ELF.
@@ -131,6 +143,7 @@ const (
 	xdplbMapBackendRefused       = "backend_refused"
 	xdplbMapBackendStats         = "backend_stats"
 	xdplbMapBackends             = "backends"
+	xdplbMapClientConns          = "client_conns"
 	xdplbMapControl              = "control"
 	xdplbMapFlows                = "flows"
 	xdplbMapHalfOpen             = "half_open"
@@ -141,6 +154,8 @@ const (
 	xdplbVarFrontendAddr         = "frontend_addr"
 	xdplbVarFrontendPort         = "frontend_port"
 	xdplbVarHashSeed             = "hash_seed"
+	xdplbVarMaxConnsPerClient    = "max_conns_per_client"
+	xdplbVarNoBackendReset       = "no_backend_reset"
 	xdplbVarRefusedHoldNs        = "refused_hold_ns"
 	xdplbVarSnatPortHi           = "snat_port_hi"
 	xdplbVarSnatPortLo           = "snat_port_lo"
@@ -207,6 +222,7 @@ type xdplbMapSpecs struct {
 	BackendRefused *ebpf.MapSpec `ebpf:"backend_refused"`
 	BackendStats   *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends       *ebpf.MapSpec `ebpf:"backends"`
+	ClientConns    *ebpf.MapSpec `ebpf:"client_conns"`
 	Control        *ebpf.MapSpec `ebpf:"control"`
 	Flows          *ebpf.MapSpec `ebpf:"flows"`
 	HalfOpen       *ebpf.MapSpec `ebpf:"half_open"`
@@ -221,6 +237,8 @@ type xdplbVariableSpecs struct {
 	FrontendAddr         *ebpf.VariableSpec `ebpf:"frontend_addr"`
 	FrontendPort         *ebpf.VariableSpec `ebpf:"frontend_port"`
 	HashSeed             *ebpf.VariableSpec `ebpf:"hash_seed"`
+	MaxConnsPerClient    *ebpf.VariableSpec `ebpf:"max_conns_per_client"`
+	NoBackendReset       *ebpf.VariableSpec `ebpf:"no_backend_reset"`
 	RefusedHoldNs        *ebpf.VariableSpec `ebpf:"refused_hold_ns"`
 	SnatPortHi           *ebpf.VariableSpec `ebpf:"snat_port_hi"`
 	SnatPortLo           *ebpf.VariableSpec `ebpf:"snat_port_lo"`
@@ -257,6 +275,7 @@ type xdplbMaps struct {
 	BackendRefused *ebpf.Map `ebpf:"backend_refused"`
 	BackendStats   *ebpf.Map `ebpf:"backend_stats"`
 	Backends       *ebpf.Map `ebpf:"backends"`
+	ClientConns    *ebpf.Map `ebpf:"client_conns"`
 	Control        *ebpf.Map `ebpf:"control"`
 	Flows          *ebpf.Map `ebpf:"flows"`
 	HalfOpen       *ebpf.Map `ebpf:"half_open"`
@@ -269,6 +288,7 @@ func (m *xdplbMaps) Close() error {
 		m.BackendRefused,
 		m.BackendStats,
 		m.Backends,
+		m.ClientConns,
 		m.Control,
 		m.Flows,
 		m.HalfOpen,
@@ -284,6 +304,8 @@ type xdplbVariables struct {
 	FrontendAddr         *ebpf.Variable `ebpf:"frontend_addr"`
 	FrontendPort         *ebpf.Variable `ebpf:"frontend_port"`
 	HashSeed             *ebpf.Variable `ebpf:"hash_seed"`
+	MaxConnsPerClient    *ebpf.Variable `ebpf:"max_conns_per_client"`
+	NoBackendReset       *ebpf.Variable `ebpf:"no_backend_reset"`
 	RefusedHoldNs        *ebpf.Variable `ebpf:"refused_hold_ns"`
 	SnatPortHi           *ebpf.Variable `ebpf:"snat_port_hi"`
 	SnatPortLo           *ebpf.Variable `ebpf:"snat_port_lo"`

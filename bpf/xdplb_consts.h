@@ -24,6 +24,8 @@ enum xdplb_limit {
 	 * sources evicts only other half-open flows, never an established
 	 * connection. */
 	XDPLB_HALF_OPEN_MAX = 65536,
+	/* Clients whose connections are counted for the per-client limit. */
+	XDPLB_CLIENTS_MAX = 65536,
 };
 
 /* Attempts at a random SNAT port before the pool counts as exhausted. */
@@ -46,7 +48,9 @@ enum xdplb_limit {
 #define TH_FIN 0x01
 #define TH_SYN 0x02
 #define TH_RST 0x04
+#define TH_PSH 0x08
 #define TH_ACK 0x10
+#define TH_URG 0x20
 
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff

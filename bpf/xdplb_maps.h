@@ -9,9 +9,13 @@
 #include "xdplb_consts.h"
 #include "xdplb_structs.h"
 
-/* Established and closing flows: both directions of each connection. */
+/* Established and closing flows: both directions of each connection. A
+ * plain hash, never an LRU: a new connection must never evict an
+ * established one. When it is full, new connections are refused with a RST
+ * (and userspace refuses them earlier, through lb_control.refuse_new).
+ * The loader sizes it from the configuration. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, XDPLB_FLOWS_MAX);
 	__type(key, struct flow_key);
 	__type(value, struct flow);
@@ -69,5 +73,15 @@ struct {
 	__type(key, __u32);
 	__type(value, struct backend_counters);
 } backend_stats SEC(".maps");
+
+/* Established connections per client address, for the per-client limit.
+ * The data path counts opens and the closes it sees; userspace rewrites
+ * the exact counts at every flow GC. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, XDPLB_CLIENTS_MAX);
+	__type(key, __be32);
+	__type(value, __u32);
+} client_conns SEC(".maps");
 
 #endif

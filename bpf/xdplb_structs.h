@@ -23,27 +23,37 @@ enum xdplb_stat {
 	STAT_PASS_OTHER_PORT,   /* frontend address, port not ours */
 	STAT_PASS_NO_FLOW,      /* client non-SYN without a flow: kernel resets */
 	STAT_PASS_REPLY_NO_FLOW,/* to a SNAT port without a flow */
+	STAT_PASS_ICMP_NO_FLOW, /* ICMP error about no tracked connection */
 	STAT_FWD_NEW_FLOW,      /* SYN that opened a flow */
 	STAT_FWD_TO_BACKEND,
 	STAT_FWD_TO_CLIENT,
+	STAT_FWD_ICMP,          /* ICMP error translated for a tracked connection */
+	STAT_RESET_NO_BACKEND,  /* new connection refused with a RST: no backend can take it */
+	STAT_RESET_TABLE_FULL,  /* new connection refused with a RST: connection table full */
+	STAT_RESET_CLIENT_LIMIT,/* new connection refused with a RST: the client holds its limit */
 	STAT_DROP_NO_BACKEND,   /* table empty or every probed backend refused */
 	STAT_DROP_PORTS_EXHAUSTED,
 	STAT_DROP_NO_NEIGH,     /* backend next hop MAC unknown yet */
 	STAT_DROP_BACKEND_RESET,/* backend answered our SYN with RST */
 	STAT_DROP_FLOW_INSERT,  /* map update failed */
+	STAT_DROP_BAD_FLAGS,    /* invalid TCP flag combination (SYN+FIN, no flags, ...) */
+	STAT_DROP_BAD_RST,      /* RST to our SYN that does not acknowledge it: spoofed */
 	STAT_ABORTED_REDIRECT,  /* redirect to another interface failed */
 	STAT_INFO_FLOW_EXPIRED, /* an idle entry found and removed */
-	STAT_INFO_FLOW_REOPENED,/* SYN reused the 4-tuple of a closed flow */
+	STAT_INFO_FLOW_REOPENED,/* SYN reused the 4-tuple of a finished flow */
 	STAT_INFO_FIB_LOOKUP,   /* backend MAC came from bpf_fib_lookup */
 	STAT_INFO_GSO,          /* TC hook: rewrote a GSO packet */
+	STAT_INFO_CLOSE_IGNORED,/* RST or FIN not at the sender's next sequence number:
+				 * forwarded, the flow kept (the receiver judges it) */
 	STAT_MAX,
 };
 
 enum flow_state {
 	FLOW_SYN_SENT = 1,
 	FLOW_ESTABLISHED = 2,
-	FLOW_CLOSING = 3, /* a FIN was seen */
-	FLOW_RESET = 4,   /* a RST was seen */
+	FLOW_CLOSING = 3, /* one side sent its FIN */
+	FLOW_RESET = 4,   /* a RST at the sender's next sequence number was seen */
+	FLOW_CLOSED = 5,  /* both sides sent their FIN */
 };
 
 enum flow_dir {
@@ -83,6 +93,11 @@ struct flow {
 	__u8 dir;       /* enum flow_dir */
 	__u8 flags;     /* FLOW_F_* */
 	__u8 pad;
+	/* TCP tracking of the direction this entry is keyed by, host order:
+	 * what lets the data path tell a real close from a blind attacker's
+	 * RST or FIN (valid when FLOW_F_SEQ says so). */
+	__u32 seq_next; /* the sender's next sequence number: highest seq + length seen */
+	__u32 pad2;
 };
 
 /* A half-open flow whose backend has answered the SYN: the client's ACK
@@ -90,6 +105,8 @@ struct flow {
  * SYN flood of spoofed sources (which never ACK) cannot fill that table
  * even when the backends answer every SYN. */
 #define FLOW_F_SYNACK 0x01
+#define FLOW_F_SEQ 0x02 /* seq_next is known */
+#define FLOW_F_FIN 0x08 /* this direction's sender has closed (its FIN seen in order) */
 
 #define BACKEND_F_MAC 0x01 /* mac/smac/ifindex are resolved */
 
@@ -109,10 +126,10 @@ struct backend_counters {
 	__u64 new_flows;
 };
 
-/* Single-entry array: which half of the maglev map is live. */
+/* Single-entry array: state userspace sets for the data path. */
 struct lb_control {
-	__u32 maglev_active; /* 0 or 1 */
-	__u32 pad;
+	__u32 maglev_active; /* which half of the maglev map is live: 0 or 1 */
+	__u32 refuse_new;    /* 1: the connection table is full by policy: new connections get a RST */
 };
 
 #endif

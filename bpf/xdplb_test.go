@@ -113,7 +113,7 @@ func TestConnectionLifecycle(t *testing.T) {
 							// The backend answered; the connection stays half-open
 							// until the client's ACK (a spoofed SYN never sends one).
 							for _, k := range []FlowKey{Key(agent1, frontend), Key(be.addr, snat)} {
-								if f, ok := h.flow(TableHalfOpen, k); !ok || f.Flags&flowFlagSynAck == 0 {
+								if f, ok := h.flow(TableHalfOpen, k); !ok || f.Flags&FlowFlagSynAck == 0 {
 									t.Fatalf("half-open %v after syn-ack: %+v ok=%v", k, f, ok)
 								}
 							}

@@ -49,6 +49,8 @@ type xdplbCoarseFlow struct {
 	Dir        uint8
 	Flags      uint8
 	Pad        uint8
+	SeqNext    uint32
+	Pad2       uint32
 	_          [4]byte
 }
 
@@ -65,7 +67,7 @@ type xdplbCoarseFlowKey struct {
 type xdplbCoarseLbControl struct {
 	_            structs.HostLayout
 	MaglevActive uint32
-	Pad          uint32
+	RefuseNew    uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -75,6 +77,7 @@ const (
 	xdplbCoarseMapBackendRefused       = "backend_refused"
 	xdplbCoarseMapBackendStats         = "backend_stats"
 	xdplbCoarseMapBackends             = "backends"
+	xdplbCoarseMapClientConns          = "client_conns"
 	xdplbCoarseMapControl              = "control"
 	xdplbCoarseMapFlows                = "flows"
 	xdplbCoarseMapHalfOpen             = "half_open"
@@ -85,6 +88,8 @@ const (
 	xdplbCoarseVarFrontendAddr         = "frontend_addr"
 	xdplbCoarseVarFrontendPort         = "frontend_port"
 	xdplbCoarseVarHashSeed             = "hash_seed"
+	xdplbCoarseVarMaxConnsPerClient    = "max_conns_per_client"
+	xdplbCoarseVarNoBackendReset       = "no_backend_reset"
 	xdplbCoarseVarRefusedHoldNs        = "refused_hold_ns"
 	xdplbCoarseVarSnatPortHi           = "snat_port_hi"
 	xdplbCoarseVarSnatPortLo           = "snat_port_lo"
@@ -151,6 +156,7 @@ type xdplbCoarseMapSpecs struct {
 	BackendRefused *ebpf.MapSpec `ebpf:"backend_refused"`
 	BackendStats   *ebpf.MapSpec `ebpf:"backend_stats"`
 	Backends       *ebpf.MapSpec `ebpf:"backends"`
+	ClientConns    *ebpf.MapSpec `ebpf:"client_conns"`
 	Control        *ebpf.MapSpec `ebpf:"control"`
 	Flows          *ebpf.MapSpec `ebpf:"flows"`
 	HalfOpen       *ebpf.MapSpec `ebpf:"half_open"`
@@ -165,6 +171,8 @@ type xdplbCoarseVariableSpecs struct {
 	FrontendAddr         *ebpf.VariableSpec `ebpf:"frontend_addr"`
 	FrontendPort         *ebpf.VariableSpec `ebpf:"frontend_port"`
 	HashSeed             *ebpf.VariableSpec `ebpf:"hash_seed"`
+	MaxConnsPerClient    *ebpf.VariableSpec `ebpf:"max_conns_per_client"`
+	NoBackendReset       *ebpf.VariableSpec `ebpf:"no_backend_reset"`
 	RefusedHoldNs        *ebpf.VariableSpec `ebpf:"refused_hold_ns"`
 	SnatPortHi           *ebpf.VariableSpec `ebpf:"snat_port_hi"`
 	SnatPortLo           *ebpf.VariableSpec `ebpf:"snat_port_lo"`
@@ -201,6 +209,7 @@ type xdplbCoarseMaps struct {
 	BackendRefused *ebpf.Map `ebpf:"backend_refused"`
 	BackendStats   *ebpf.Map `ebpf:"backend_stats"`
 	Backends       *ebpf.Map `ebpf:"backends"`
+	ClientConns    *ebpf.Map `ebpf:"client_conns"`
 	Control        *ebpf.Map `ebpf:"control"`
 	Flows          *ebpf.Map `ebpf:"flows"`
 	HalfOpen       *ebpf.Map `ebpf:"half_open"`
@@ -213,6 +222,7 @@ func (m *xdplbCoarseMaps) Close() error {
 		m.BackendRefused,
 		m.BackendStats,
 		m.Backends,
+		m.ClientConns,
 		m.Control,
 		m.Flows,
 		m.HalfOpen,
@@ -228,6 +238,8 @@ type xdplbCoarseVariables struct {
 	FrontendAddr         *ebpf.Variable `ebpf:"frontend_addr"`
 	FrontendPort         *ebpf.Variable `ebpf:"frontend_port"`
 	HashSeed             *ebpf.Variable `ebpf:"hash_seed"`
+	MaxConnsPerClient    *ebpf.Variable `ebpf:"max_conns_per_client"`
+	NoBackendReset       *ebpf.Variable `ebpf:"no_backend_reset"`
 	RefusedHoldNs        *ebpf.Variable `ebpf:"refused_hold_ns"`
 	SnatPortHi           *ebpf.Variable `ebpf:"snat_port_hi"`
 	SnatPortLo           *ebpf.Variable `ebpf:"snat_port_lo"`
