@@ -79,6 +79,53 @@ type Config struct {
 	// EstablishedTimeout is how long an established flow may stay idle
 	// before it is swept. API watches are long and quiet, hence an hour.
 	EstablishedTimeout time.Duration
+	// MaxConns sizes the connection table: established connections it
+	// holds (two entries each). 0: bpf.FlowsMax/2. When it is full, new
+	// connections are refused with a RST; established ones are never
+	// evicted.
+	MaxConns uint32
+	// MaxConnsPerClient caps the established connections of one client
+	// address (0: no cap); the client's next ones are refused with a RST.
+	MaxConnsPerClient uint32
+}
+
+// The ranges a setting must fall in: anything outside is a mistake (an
+// interval of 1ns would spin the checks, an idle timeout of 1ns would
+// drop every watch), refused with the range in the message.
+var (
+	IntervalRange    = DurationRange{100 * time.Millisecond, time.Hour}
+	TimeoutRange     = DurationRange{10 * time.Millisecond, time.Minute}
+	GCIntervalRange  = DurationRange{time.Second, 10 * time.Minute}
+	IdleTimeoutRange = DurationRange{10 * time.Second, 7 * 24 * time.Hour}
+	// RiseFallMax bounds rise and fall.
+	RiseFallMax = 100
+	// MinMaxConns is the smallest connection table.
+	MinMaxConns = uint32(16)
+)
+
+// DurationRange is an inclusive range of durations.
+type DurationRange struct{ Min, Max time.Duration }
+
+func (r DurationRange) String() string { return shortDuration(r.Min) + " to " + shortDuration(r.Max) }
+
+// Check reports a duration outside the range, naming the key.
+func (r DurationRange) Check(key string, d time.Duration) error {
+	if d < r.Min || d > r.Max {
+		return fmt.Errorf("%s %v: want %s", key, d, r)
+	}
+	return nil
+}
+
+// shortDuration writes 1h rather than 1h0m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
 }
 
 // BackendSpec is one backend of the config.
@@ -320,30 +367,47 @@ func (c *Config) validateCheck() []error {
 func (c *Config) validateTimings() []error {
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	if c.Inter <= 0 {
-		add("inter %v: want a positive duration, e.g. 2s", c.Inter)
+	try := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
 	}
+	try(IntervalRange.Check("inter", c.Inter))
 	for _, d := range []struct {
 		key   string
 		value time.Duration
-	}{{"fastinter", c.FastInter}, {"downinter", c.DownInter}, {"timeout", c.Timeout}} {
-		if d.value < 0 {
-			add("%s %v: want a positive duration, or leave it unset to use inter", d.key, d.value)
+		r     DurationRange
+	}{{"fastinter", c.FastInter, IntervalRange}, {"downinter", c.DownInter, IntervalRange}, {"timeout", c.Timeout, TimeoutRange}} {
+		if d.value == 0 {
+			continue // unset: follows inter
+		}
+		if err := d.r.Check(d.key, d.value); err != nil {
+			add("%w, or leave it unset to follow inter", err)
 		}
 	}
-	if c.Rise < 1 {
-		add("rise %d: want at least 1 (default %d)", c.Rise, health.DefaultRise)
+	if c.Rise < 1 || c.Rise > RiseFallMax {
+		add("rise %d: want 1 to %d (default %d)", c.Rise, RiseFallMax, health.DefaultRise)
 	}
-	if c.Fall < 1 {
-		add("fall %d: want at least 1 (default %d)", c.Fall, health.DefaultFall)
+	if c.Fall < 1 || c.Fall > RiseFallMax {
+		add("fall %d: want 1 to %d (default %d)", c.Fall, RiseFallMax, health.DefaultFall)
 	}
-	if c.GCInterval <= 0 {
-		add("gc-interval %v: want a positive duration, e.g. %v", c.GCInterval, DefaultGCInterval)
+	try(GCIntervalRange.Check("gc-interval", c.GCInterval))
+	try(IdleTimeoutRange.Check("established-timeout", c.EstablishedTimeout))
+	if c.MaxConns != 0 && (c.MaxConns < MinMaxConns || c.MaxConns > bpf.MaxConnsLimit) {
+		add("max-conns %d: want %d to %d, or 0 for the default %d", c.MaxConns, MinMaxConns, bpf.MaxConnsLimit, bpf.FlowsMax/2)
 	}
-	if c.EstablishedTimeout <= 0 {
-		add("established-timeout %v: want a positive duration, e.g. %v", c.EstablishedTimeout, DefaultEstablishedTimeout)
+	if c.MaxConnsPerClient > c.TableConns() {
+		add("max-conns-per-client %d: more than the table holds (max-conns %d): want 0 (no cap) to %d", c.MaxConnsPerClient, c.TableConns(), c.TableConns())
 	}
 	return errs
+}
+
+// TableConns is how many established connections the table holds.
+func (c *Config) TableConns() uint32 {
+	if c.MaxConns == 0 {
+		return bpf.FlowsMax / 2
+	}
+	return c.MaxConns
 }
 
 // validateSNATPorts checks a configured range against the frontend port;

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -109,6 +110,8 @@ metrics-addr: ":9716"
 bpffs: /run/bpf
 gc-interval: 5s
 established-timeout: 2h
+max-conns: 50000
+max-conns-per-client: 2000
 `)
 	want := Config{
 		Instance: "lb-a", Iface: "eth1", VIP: netip.MustParseAddr("10.10.10.98"), Port: 443,
@@ -123,6 +126,7 @@ established-timeout: 2h
 		Inter:       3 * time.Second, FastInter: time.Second, DownInter: 10 * time.Second, Timeout: 1500 * time.Millisecond,
 		Rise: 3, Fall: 2, Hook: bpf.HookTC, XDPMode: bpf.XDPAuto, SNATPorts: PortRange{61000, 65535},
 		MetricsAddr: ":9716", BPFFS: "/run/bpf", GCInterval: 5 * time.Second, EstablishedTimeout: 2 * time.Hour,
+		MaxConns: 50000, MaxConnsPerClient: 2000,
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("ParseConfig() =\n%+v\nwant\n%+v", cfg, want)
@@ -249,6 +253,18 @@ func TestLoadConfig(t *testing.T) {
 	if want := "config " + bad + `: line 1: unknown key "ifcae": did you mean "iface"?`; errString(err) != want {
 		t.Errorf("LoadConfig(bad) = %q, want %q", err, want)
 	}
+
+	// A configuration that is a device or a FIFO is refused at once: it
+	// would grow the daemon without end or block it for ever.
+	fifo := filepath.Join(t.TempDir(), "fifo.yaml")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"/dev/zero", fifo} {
+		if _, err := LoadConfig(p); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Errorf("LoadConfig(%s) = %v, want a refusal", p, err)
+		}
+	}
 }
 
 func TestDefaultConfigBPFFSFromEnv(t *testing.T) {
@@ -338,14 +354,28 @@ func TestConfigValidate(t *testing.T) {
 		{"token with tls check", func(c *Config) { c.CheckTokenFile = "/token" }, "check-token-file: used by check https only, and check is tls"},
 		{"check source is the vip", func(c *Config) { c.CheckSource = c.VIP }, "check-source 10.10.10.100: is the vip"},
 		{"check source ipv6", func(c *Config) { c.CheckSource = netip.MustParseAddr("::1") }, "check-source ::1: not an IPv4 address"},
-		{"zero inter", func(c *Config) { c.Inter = 0 }, "inter 0s: want a positive duration"},
-		{"negative fastinter", func(c *Config) { c.FastInter = -time.Second }, "fastinter -1s: want a positive duration, or leave it unset"},
+		{"zero inter", func(c *Config) { c.Inter = 0 }, "inter 0s: want 100ms to 1h"},
+		{"inter 1ns", func(c *Config) { c.Inter = time.Nanosecond }, "inter 1ns: want 100ms to 1h"},
+		{"inter a day", func(c *Config) { c.Inter = 24 * time.Hour }, "inter 24h0m0s: want 100ms to 1h"},
+		{"negative fastinter", func(c *Config) { c.FastInter = -time.Second }, "fastinter -1s: want 100ms to 1h, or leave it unset to follow inter"},
+		{"fastinter 1ns", func(c *Config) { c.FastInter = time.Nanosecond }, "fastinter 1ns: want 100ms to 1h"},
 		{"negative downinter", func(c *Config) { c.DownInter = -time.Second }, "downinter -1s"},
+		{"downinter 1µs", func(c *Config) { c.DownInter = time.Microsecond }, "downinter 1µs: want 100ms to 1h"},
 		{"negative timeout", func(c *Config) { c.Timeout = -time.Second }, "timeout -1s"},
-		{"rise 0", func(c *Config) { c.Rise = 0 }, "rise 0: want at least 1"},
-		{"fall 0", func(c *Config) { c.Fall = 0 }, "fall 0: want at least 1"},
-		{"gc-interval 0", func(c *Config) { c.GCInterval = 0 }, "gc-interval 0s"},
+		{"timeout 1ns", func(c *Config) { c.Timeout = time.Nanosecond }, "timeout 1ns: want 10ms to 1m"},
+		{"timeout an hour", func(c *Config) { c.Timeout = time.Hour }, "timeout 1h0m0s: want 10ms to 1m"},
+		{"rise 0", func(c *Config) { c.Rise = 0 }, "rise 0: want 1 to 100"},
+		{"fall 0", func(c *Config) { c.Fall = 0 }, "fall 0: want 1 to 100"},
+		{"fall a million", func(c *Config) { c.Fall = 1e6 }, "fall 1000000: want 1 to 100"},
+		{"gc-interval 0", func(c *Config) { c.GCInterval = 0 }, "gc-interval 0s: want 1s to 10m"},
+		{"gc-interval 1ns", func(c *Config) { c.GCInterval = 1 }, "gc-interval 1ns: want 1s to 10m"},
 		{"established-timeout 0", func(c *Config) { c.EstablishedTimeout = 0 }, "established-timeout 0s"},
+		{"established-timeout 1ns", func(c *Config) { c.EstablishedTimeout = time.Nanosecond }, "established-timeout 1ns: want 10s to 168h"},
+		{"established-timeout a year", func(c *Config) { c.EstablishedTimeout = 365 * 24 * time.Hour }, "want 10s to 168h"},
+		{"max-conns too small", func(c *Config) { c.MaxConns = 4 }, "max-conns 4: want 16 to 4194304, or 0 for the default 131072"},
+		{"max-conns too large", func(c *Config) { c.MaxConns = 1 << 30 }, "max-conns 1073741824: want 16 to 4194304"},
+		{"per-client cap above the table", func(c *Config) { c.MaxConns, c.MaxConnsPerClient = 1000, 1001 },
+			"max-conns-per-client 1001: more than the table holds (max-conns 1000): want 0 (no cap) to 1000"},
 		{"bad hook", func(c *Config) { c.Hook = "kprobe" }, `hook "kprobe": want xdp or tc`},
 		{"bad xdp mode", func(c *Config) { c.XDPMode = "offload" }, `xdp-mode "offload": want auto, native or generic`},
 		{"xdp mode with tc", func(c *Config) { c.Hook, c.XDPMode = bpf.HookTC, bpf.XDPNative }, "xdp-mode native: applies to hook xdp only"},
@@ -393,6 +423,12 @@ func TestConfigValidateAccepts(t *testing.T) {
 			c.Check, c.CheckCA, c.CheckCert, c.CheckKey, c.CheckTokenFile = health.CheckHTTPS, "/ca", "/crt", "/key", "/token"
 		}},
 		{"rise and fall 1", func(c *Config) { c.Rise, c.Fall = 1, 1 }},
+		{"the ends of every duration range", func(c *Config) {
+			c.Inter, c.FastInter, c.DownInter, c.Timeout = IntervalRange.Min, IntervalRange.Max, IntervalRange.Min, TimeoutRange.Max
+			c.GCInterval, c.EstablishedTimeout = GCIntervalRange.Max, IdleTimeoutRange.Min
+		}},
+		{"a small table with a per-client cap", func(c *Config) { c.MaxConns, c.MaxConnsPerClient = MinMaxConns, MinMaxConns }},
+		{"the largest table", func(c *Config) { c.MaxConns = bpf.MaxConnsLimit }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

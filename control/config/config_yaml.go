@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"os"
 	"reflect"
 	"regexp"
 	"strconv"
@@ -14,6 +13,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/xdplb/xdplb/control/safefile"
 )
 
 // fileConfig is the YAML file. Every value is kept as a node so that each
@@ -46,13 +47,15 @@ type fileConfig struct {
 	BPFFS              yaml.Node `yaml:"bpffs"`
 	GCInterval         yaml.Node `yaml:"gc-interval"`
 	EstablishedTimeout yaml.Node `yaml:"established-timeout"`
+	MaxConns           yaml.Node `yaml:"max-conns"`
+	MaxConnsPerClient  yaml.Node `yaml:"max-conns-per-client"`
 }
 
 // LoadConfig reads the YAML file at path over DefaultConfig. It does not
 // validate: the command line may still change fields, then call Validate. A
 // missing file gives an error that matches fs.ErrNotExist.
 func LoadConfig(path string) (Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := safefile.Read(path, safefile.MaxSize, safefile.Timeout)
 	if err != nil {
 		return Config{}, fmt.Errorf("read config: %w", err)
 	}
@@ -120,6 +123,8 @@ func (f *fileConfig) apply(cfg *Config) error {
 	try(setString(&f.BPFFS, "bpffs", &cfg.BPFFS))
 	try(setDuration(&f.GCInterval, "gc-interval", &cfg.GCInterval))
 	try(setDuration(&f.EstablishedTimeout, "established-timeout", &cfg.EstablishedTimeout))
+	try(setUint32(&f.MaxConns, "max-conns", &cfg.MaxConns))
+	try(setUint32(&f.MaxConnsPerClient, "max-conns-per-client", &cfg.MaxConnsPerClient))
 	return errors.Join(errs...)
 }
 
@@ -153,6 +158,19 @@ func setInt(n *yaml.Node, key string, dst *int) error {
 		return fmt.Errorf("line %d: %s: %q is not a whole number", n.Line, key, s)
 	}
 	*dst = v
+	return nil
+}
+
+func setUint32(n *yaml.Node, key string, dst *uint32) error {
+	s, ok, err := scalar(n, key)
+	if !ok {
+		return err
+	}
+	v, err := strconv.ParseUint(s, 10, 32)
+	if err != nil {
+		return fmt.Errorf("line %d: %s: %q is not a whole number from 0 to %d", n.Line, key, s, uint32(1<<32-1))
+	}
+	*dst = uint32(v)
 	return nil
 }
 

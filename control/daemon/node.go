@@ -86,6 +86,7 @@ func decideNode(cfg config.Config, own []netip.Addr, eph config.PortRange) (node
 	n.data = bpf.Config{
 		Frontend: netip.AddrPortFrom(cfg.VIP, cfg.Port), SNATLo: n.snat.Lo, SNATHi: n.snat.Hi,
 		IdleTimeout: cfg.EstablishedTimeout,
+		MaxConns:    cfg.MaxConns, MaxConnsPerClient: cfg.MaxConnsPerClient,
 	}
 	return n, n.data.Validate()
 }

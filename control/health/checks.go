@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/xdplb/xdplb/control/safefile"
 )
 
 // CheckKind names a health check, as the check key of the config says it.
@@ -43,6 +45,12 @@ const defaultCheckTimeout = DefaultInter
 // maxCheckBody is how much of an HTTPS answer is read: enough for /readyz's
 // "ok" or a verbose report, never an unbounded body.
 const maxCheckBody = 64 << 10
+
+// maxTokenSize caps the bearer token file (a service account token is ~1 KiB).
+const maxTokenSize = 64 << 10
+
+// fileTimeout bounds each read of a credential file.
+const fileTimeout = 2 * time.Second
 
 // CheckOptions configures the checkers.
 type CheckOptions struct {
@@ -200,7 +208,7 @@ func (c *HTTPSChecker) get(ctx context.Context, addr string) error {
 	if c.opts.TokenFile != "" {
 		token, err := readToken(c.opts.TokenFile)
 		if err != nil {
-			return err
+			return &LocalError{Reason: "cannot read the check's token", Err: err}
 		}
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
@@ -252,7 +260,7 @@ func IsNotReady(err error) bool {
 func handshake(ctx context.Context, opts CheckOptions, addr string) (*tls.Conn, error) {
 	cfg, err := loadTLSConfig(opts)
 	if err != nil {
-		return nil, err
+		return nil, &LocalError{Reason: "cannot read the check's credentials", Err: err}
 	}
 	raw, err := dial(ctx, opts.SourceIP, addr)
 	if err != nil {
@@ -288,9 +296,17 @@ func loadTLSConfig(opts CheckOptions) (*tls.Config, error) {
 		return nil, errors.New("client certificate: set both the certificate and the key file, or neither")
 	}
 	if opts.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(opts.CertFile, opts.KeyFile)
+		certPEM, err := safefile.Read(opts.CertFile, safefile.MaxSize, fileTimeout)
 		if err != nil {
-			return nil, fmt.Errorf("load client certificate: %w", err)
+			return nil, fmt.Errorf("read client certificate: %w", err)
+		}
+		keyPEM, err := safefile.Read(opts.KeyFile, safefile.MaxSize, fileTimeout)
+		if err != nil {
+			return nil, fmt.Errorf("read client key: %w", err)
+		}
+		cert, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			return nil, fmt.Errorf("load client certificate %s with key %s: %w", opts.CertFile, opts.KeyFile, err)
 		}
 		cfg.Certificates = []tls.Certificate{cert}
 	}
@@ -300,7 +316,7 @@ func loadTLSConfig(opts CheckOptions) (*tls.Config, error) {
 		cfg.InsecureSkipVerify = true
 		return cfg, nil
 	}
-	pem, err := os.ReadFile(opts.CAFile)
+	pem, err := safefile.Read(opts.CAFile, safefile.MaxSize, fileTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("read CA file: %w", err)
 	}
@@ -335,7 +351,7 @@ func verifyChain(roots *x509.CertPool) func(tls.ConnectionState) error {
 }
 
 func readToken(path string) (string, error) {
-	b, err := os.ReadFile(path)
+	b, err := safefile.Read(path, maxTokenSize, fileTimeout)
 	if err != nil {
 		return "", fmt.Errorf("read token file: %w", err)
 	}

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -364,10 +365,33 @@ func TestHTTPSCheckerRereadsToken(t *testing.T) {
 	if err := os.Remove(tokenFile); err != nil {
 		t.Fatal(err)
 	}
+	// A token this node cannot read says nothing of the backend: the
+	// failure is the node's own and counts neither way.
 	err = checker.Check(context.Background(), env.apiToken.addr)
-	if err == nil || !strings.Contains(err.Error(), "https GET /readyz: read token file: open ") {
-		t.Errorf("Check() without the token file = %v, want a read token file error", err)
+	if err == nil || !strings.Contains(err.Error(), "https GET /readyz: cannot read the check's token: read token file: open ") || Classify(err) != LocalFault {
+		t.Errorf("Check() without the token file = %v (%v), want a read token file error classified as a local fault", err, Classify(err))
 	}
+	// Swapped for /dev/zero or a FIFO: refused at once, still local.
+	for _, target := range []string{"/dev/zero", writeFifo(t)} {
+		os.Remove(tokenFile)
+		if err := os.Symlink(target, tokenFile); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		err = checker.Check(context.Background(), env.apiToken.addr)
+		if err == nil || !strings.Contains(err.Error(), "not a regular file") || Classify(err) != LocalFault || time.Since(start) > time.Second {
+			t.Errorf("token file -> %s: Check() = %v (%v) after %v, want a prompt local fault", target, err, Classify(err), time.Since(start))
+		}
+	}
+}
+
+func writeFifo(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "fifo")
+	if err := syscall.Mkfifo(p, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 func TestHTTPSCheckerFollowsStatus(t *testing.T) {
@@ -397,6 +421,7 @@ func TestNewCheckerErrors(t *testing.T) {
 	dir := t.TempDir()
 	notPEM := writeFile(t, "not-pem", []byte("hello"))
 	emptyToken := writeFile(t, "empty-token", []byte(" \n"))
+	fifo := writeFifo(t)
 	tests := []struct {
 		name string
 		kind CheckKind
@@ -406,7 +431,10 @@ func TestNewCheckerErrors(t *testing.T) {
 		{"unknown kind", "http", CheckOptions{}, `unknown check "http": use tcp, tls or https`},
 		{"cert without key", CheckTLS, CheckOptions{CertFile: "/x.crt"}, "client certificate: set both the certificate and the key file, or neither"},
 		{"key without cert", CheckHTTPS, CheckOptions{KeyFile: "/x.key"}, "client certificate: set both"},
-		{"missing cert", CheckTLS, CheckOptions{CertFile: dir + "/x.crt", KeyFile: dir + "/x.key"}, "load client certificate: open " + dir + "/x.crt: no such file or directory"},
+		{"missing cert", CheckTLS, CheckOptions{CertFile: dir + "/x.crt", KeyFile: dir + "/x.key"}, "read client certificate: open " + dir + "/x.crt: no such file or directory"},
+		{"token is /dev/zero", CheckHTTPS, CheckOptions{TokenFile: "/dev/zero"}, "read token file: read /dev/zero: not a regular file (a character device)"},
+		{"CA is a FIFO", CheckTLS, CheckOptions{CAFile: fifo}, "read CA file: read " + fifo + ": not a regular file (a FIFO)"},
+		{"key is a FIFO", CheckTLS, CheckOptions{CertFile: notPEM, KeyFile: fifo}, "read client key: read " + fifo + ": not a regular file (a FIFO)"},
 		{"missing CA", CheckTLS, CheckOptions{CAFile: dir + "/ca.pem"}, "read CA file: open " + dir + "/ca.pem: no such file or directory"},
 		{"CA without PEM", CheckHTTPS, CheckOptions{CAFile: notPEM}, "no PEM certificate found"},
 		{"missing token", CheckHTTPS, CheckOptions{TokenFile: dir + "/token"}, "read token file: open " + dir + "/token"},

@@ -145,6 +145,12 @@ const (
 	// NoAnswer: no answer at all (refused, reset, timed out, broken TLS):
 	// its connections are most likely dead too.
 	NoAnswer
+	// LocalFault: the check could not be made because of this node (out
+	// of file descriptors or buffers, no route, its own link down, a
+	// credential file it cannot read). It says nothing of the backend and
+	// counts neither way: while this node cannot reach anything, every
+	// backend keeps the state it had.
+	LocalFault
 )
 
 func (o Outcome) String() string {
@@ -153,6 +159,8 @@ func (o Outcome) String() string {
 		return "healthy"
 	case NotReady:
 		return "not ready"
+	case LocalFault:
+		return "local fault"
 	}
 	return "no answer"
 }
@@ -164,6 +172,8 @@ func Classify(err error) Outcome {
 		return Healthy
 	case IsNotReady(err):
 		return NotReady
+	case IsLocal(err):
+		return LocalFault
 	}
 	return NoAnswer
 }
@@ -187,8 +197,13 @@ type Verdict struct {
 // (the log line's reason, e.g. "tls handshake: connection refused"). It
 // reports what changed, and clears any pending hint.
 func (h *Health) Observe(o Outcome, detail string) (v Verdict) {
-	h.detail = detail
 	h.hinted = false
+	if o == LocalFault {
+		// Not evidence either way: the counters, and the state, stay.
+		h.detail = "not counted, this node's fault: " + detail
+		return v
+	}
+	h.detail = detail
 	defer func() { h.flipped = v.Changed }()
 	if o == NoAnswer {
 		h.noAnswer++
