@@ -3,6 +3,7 @@ package loader
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 
 	"github.com/cilium/ebpf"
 
@@ -43,9 +44,58 @@ func (d Datapath) PutMaglev(half uint32, table []uint32) error {
 	return bpf.PutMaglev(d.M.Maglev, half, table)
 }
 
-// SetActiveMaglev makes a half live, in one store.
+// SetActiveMaglev makes a half live, in one store. The other fields of
+// lb_control are kept: the caller serialises its writes of lb_control.
 func (d Datapath) SetActiveMaglev(half uint32) error {
-	return d.M.Control.Put(uint32(0), bpf.LBControl{MaglevActive: half})
+	return d.updateControl(func(c *bpf.LBControl) { c.MaglevActive = half })
+}
+
+// SetRefuseNew sets lb_control.refuse_new: the data path refuses every new
+// connection with a RST while it is set. The live Maglev half is kept.
+func (d Datapath) SetRefuseNew(refuse bool) error {
+	var v uint32
+	if refuse {
+		v = 1
+	}
+	return d.updateControl(func(c *bpf.LBControl) { c.RefuseNew = v })
+}
+
+// updateControl rewrites lb_control; the data path only reads it.
+func (d Datapath) updateControl(change func(*bpf.LBControl)) error {
+	var c bpf.LBControl
+	if err := d.M.Control.Lookup(uint32(0), &c); err != nil {
+		return err
+	}
+	change(&c)
+	return d.M.Control.Put(uint32(0), c)
+}
+
+// SetClientConns rewrites the client_conns map: each listed client gets
+// its count, every other entry is deleted.
+func (d Datapath) SetClientConns(counts map[netip.Addr]uint32) error {
+	var stale []uint32
+	var k, v uint32
+	it := d.M.ClientConns.Iterate()
+	for it.Next(&k, &v) {
+		if _, ok := counts[bpf.Addr(k)]; !ok {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("iterate client_conns: %w", err)
+	}
+	var errs []error
+	for _, k := range stale {
+		if err := d.M.ClientConns.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	for a, n := range counts {
+		if err := d.M.ClientConns.Put(bpf.BE32(a), n); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func (d Datapath) table(t bpf.FlowTable) *ebpf.Map {

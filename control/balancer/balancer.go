@@ -38,6 +38,14 @@ type Datapath interface {
 	ClearRefused(id uint32) error
 	Stats() ([]uint64, error)
 	BackendCounters(id uint32) (bpf.BackendCounters, error)
+	// TableCapacity is the number of entries a flow table holds.
+	TableCapacity(t bpf.FlowTable) uint32
+	// SetRefuseNew sets lb_control.refuse_new, leaving the live Maglev
+	// half as it is (the balancer serialises the two).
+	SetRefuseNew(refuse bool) error
+	// SetClientConns rewrites the per-client counts of established
+	// connections: clients listed get their count, every other entry goes.
+	SetClientConns(counts map[netip.Addr]uint32) error
 }
 
 // Userspace-only bits of bpf.Backend.Flags: the data path ignores them; they
@@ -86,6 +94,10 @@ type Balancer struct {
 
 	mu       sync.Mutex
 	backends map[netip.AddrPort]*Backend
+	// refusing is what the balancer last wrote to lb_control.refuse_new;
+	// refuseKnown is false until the first write (a previous daemon may
+	// have left either value).
+	refusing, refuseKnown bool
 }
 
 // Options configure New.
@@ -366,12 +378,19 @@ type GCResult struct {
 	// by their client->backend entries.
 	Connections map[uint32]int
 	HalfOpen    map[uint32]int
-	Entries     map[bpf.FlowTable]int
+	// Entries left in each table.
+	Entries map[bpf.FlowTable]int
+	// Pressure is the connection table's load, and what was done about it.
+	Pressure Pressure
 }
 
 // GC removes flows idle past their state's timeout (the data path also
 // ignores them, but only when a packet comes) and flows of backends that
-// are down or gone, and counts what stays.
+// are down or gone, and counts what stays. When the connection table is
+// crowded it also removes connections that have ended before their
+// timeout; it rewrites the per-client counts when a per-client limit is
+// set; and it sets or clears the data path's refusal of new connections
+// (see RefuseNew).
 func (b *Balancer) GC() (GCResult, error) {
 	res := GCResult{Connections: map[uint32]int{}, HalfOpen: map[uint32]int{}, Entries: map[bpf.FlowTable]int{}}
 	live := map[uint32]bool{}
@@ -382,10 +401,19 @@ func (b *Balancer) GC() (GCResult, error) {
 	}
 	now := b.now()
 	dead := map[bpf.FlowTable][]bpf.FlowKey{}
-	var orphans []bpf.FlowKey
+	var orphans, over []bpf.FlowKey
+	clients := map[netip.Addr]uint32{}
+	entries := 0
 	err := b.dp.ForEachFlow(func(t bpf.FlowTable, k bpf.FlowKey, f bpf.Flow) {
+		if t == bpf.TableEstablished {
+			entries++
+		}
+		idle := time.Duration(0)
+		if now > f.LastSeenNs {
+			idle = time.Duration(now - f.LastSeenNs)
+		}
 		switch {
-		case now > f.LastSeenNs && time.Duration(now-f.LastSeenNs) > b.timeouts.Timeout(bpf.FlowState(f.State)):
+		case idle > b.timeouts.Timeout(bpf.FlowState(f.State)):
 			dead[t] = append(dead[t], k)
 			res.Expired++
 		case !live[f.Backend]:
@@ -396,18 +424,30 @@ func (b *Balancer) GC() (GCResult, error) {
 			}
 		default:
 			res.Entries[t]++
+			if t == bpf.TableEstablished && ended(f, idle) {
+				over = append(over, k)
+			}
 			if f.Dir == uint8(bpf.FlowToBackend) {
 				switch {
 				case t == bpf.TableHalfOpen:
 					res.HalfOpen[f.Backend]++
 				case f.State == uint8(bpf.FlowEstablished):
 					res.Connections[f.Backend]++
+					res.Pressure.Live++
+					clients[k.Src().Addr()]++
 				}
 			}
 		}
 	})
 	if err != nil {
 		return res, err
+	}
+	res.Pressure.Capacity = int(b.dp.TableCapacity(bpf.TableEstablished) / 2)
+	res.Pressure.Entries = entries
+	if Crowded(entries, res.Pressure.Capacity) && len(over) > 0 {
+		dead[bpf.TableEstablished] = append(dead[bpf.TableEstablished], over...)
+		res.Entries[bpf.TableEstablished] -= len(over)
+		res.Pressure.Reclaimed = len(over) / 2
 	}
 	var errs []error
 	for t, keys := range dead {
@@ -416,7 +456,51 @@ func (b *Balancer) GC() (GCResult, error) {
 		}
 	}
 	b.nudge(orphans)
+	if b.timeouts.MaxConnsPerClient > 0 {
+		if err := b.dp.SetClientConns(clients); err != nil {
+			errs = append(errs, fmt.Errorf("rewrite per-client counts: %w", err))
+		}
+	}
+	refusing, err := b.setRefusing(RefuseNew(res.Pressure.Live, res.Pressure.Capacity, b.isRefusing()))
+	if err != nil {
+		errs = append(errs, err)
+	}
+	res.Pressure.Refusing = refusing
 	return res, errors.Join(errs...)
+}
+
+// ended says a connection has ended, or nearly, and may go before its
+// timeout when the table is crowded: closed (both FINs), reset, or
+// closing (one FIN) and idle for ReclaimIdle.
+func ended(f bpf.Flow, idle time.Duration) bool {
+	switch bpf.FlowState(f.State) {
+	case bpf.FlowClosed, bpf.FlowReset:
+		return true
+	case bpf.FlowClosing:
+		return idle >= ReclaimIdle
+	}
+	return false
+}
+
+func (b *Balancer) isRefusing() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.refusing
+}
+
+// setRefusing writes lb_control.refuse_new when it changes (and the
+// first time), and reports the value in force.
+func (b *Balancer) setRefusing(refuse bool) (bool, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.refuseKnown && b.refusing == refuse {
+		return refuse, nil
+	}
+	if err := b.dp.SetRefuseNew(refuse); err != nil {
+		return b.refusing, fmt.Errorf("set refuse_new=%v: %w", refuse, err)
+	}
+	b.refusing, b.refuseKnown = refuse, true
+	return refuse, nil
 }
 
 // purge deletes every flow (both entries) matching sel and nudges the

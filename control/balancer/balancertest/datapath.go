@@ -26,13 +26,17 @@ type Datapath struct {
 	stats    []uint64
 	counters map[uint32]bpf.BackendCounters
 	swaps    int
+	capacity [2]uint32
+	refuse   bool
+	clients  map[netip.Addr]uint32
 }
 
 // New returns an empty Datapath, as a fresh instance's maps are.
 func New() *Datapath {
 	return &Datapath{backends: map[uint32]bpf.Backend{}, refused: map[uint32]uint64{},
 		flows: [2]map[bpf.FlowKey]bpf.Flow{{}, {}}, stats: make([]uint64, bpf.StatCount),
-		counters: map[uint32]bpf.BackendCounters{}}
+		counters: map[uint32]bpf.BackendCounters{}, capacity: [2]uint32{bpf.FlowsMax, bpf.HalfOpenMax},
+		clients: map[netip.Addr]uint32{}}
 }
 
 // Backends returns the used backend slots.
@@ -185,12 +189,66 @@ func (f *Datapath) BackendCounters(id uint32) (bpf.BackendCounters, error) {
 	return f.counters[id], nil
 }
 
-// TableCapacity is the real tables' capacity.
+// TableCapacity is a table's capacity: the real tables' unless
+// SetCapacity changed it.
 func (f *Datapath) TableCapacity(t bpf.FlowTable) uint32 {
-	if t == bpf.TableHalfOpen {
-		return bpf.HalfOpenMax
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.capacity[t]
+}
+
+// SetCapacity sets a table's capacity in entries, as bpf.Config.MaxConns
+// does for the established table (two entries a connection). The fake
+// does not enforce it: the data path's refusals are its packet tests'.
+func (f *Datapath) SetCapacity(t bpf.FlowTable, entries uint32) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.capacity[t] = entries
+}
+
+// SetRefuseNew sets lb_control.refuse_new.
+func (f *Datapath) SetRefuseNew(refuse bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.refuse = refuse
+	return nil
+}
+
+// RefuseNew is lb_control.refuse_new.
+func (f *Datapath) RefuseNew() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.refuse
+}
+
+// SetClientConns rewrites the per-client counts.
+func (f *Datapath) SetClientConns(counts map[netip.Addr]uint32) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.clients = map[netip.Addr]uint32{}
+	for a, n := range counts {
+		f.clients[a] = n
 	}
-	return bpf.FlowsMax
+	return nil
+}
+
+// ClientConns returns the per-client counts.
+func (f *Datapath) ClientConns() map[netip.Addr]uint32 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := map[netip.Addr]uint32{}
+	for a, n := range f.clients {
+		out[a] = n
+	}
+	return out
+}
+
+// SetClientCount sets one client's count, as the data path's own
+// increments do.
+func (f *Datapath) SetClientCount(client netip.Addr, n uint32) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.clients[client] = n
 }
 
 // AddConn records a tracked connection client -> backend (slot id) as the
