@@ -66,7 +66,7 @@ func checkForeignProgram(opts Options, iface netlink.Link) error {
 		attached = append(attached, ids...)
 	}
 	for _, id := range attached {
-		if _, ok := mine[id]; ok {
+		if _, ok := mine[id]; ok || recognized(dir, opts.Hook, id) {
 			continue
 		}
 		if other := instanceOwning(opts.BPFFS, id); other != "" && other != opts.Instance {
@@ -99,7 +99,7 @@ func instanceOwning(bpffs string, id ebpf.ProgramID) string {
 	names, _ := Instances(bpffs)
 	for _, n := range names {
 		dir, _ := bpf.InstanceDir(bpffs, n)
-		if _, ok := ourProgIDs(dir)[id]; ok {
+		if _, ok := ourProgIDs(dir)[id]; ok || recognized(dir, bpf.HookXDP, id) || recognized(dir, bpf.HookTC, id) {
 			return n
 		}
 	}
@@ -175,7 +175,12 @@ func attachXDP(opts Options, dir string, iface netlink.Link, prog *ebpf.Program)
 		return att, false, err
 	}
 
-	if l, err := link.LoadPinnedLink(linkPath, nil); err == nil {
+	l, err := pinnedLinkFor(linkPath, iface, opts.Instance, opts.Logger)
+	if err != nil {
+		os.Remove(filepath.Join(dir, progPin+pinNewSuffix))
+		return att, false, err
+	}
+	if l != nil {
 		defer l.Close()
 		if err := l.Update(prog); err != nil {
 			return att, false, fmt.Errorf("replace program on pinned xdp link: %w", err)
@@ -189,7 +194,7 @@ func attachXDP(opts Options, dir string, iface netlink.Link, prog *ebpf.Program)
 		return att, true, nil
 	}
 
-	if x := iface.Attrs().Xdp; x != nil && x.Attached && ours(dir, bpf.HookXDP, ebpf.ProgramID(x.ProgId)) {
+	if x := iface.Attrs().Xdp; x != nil && x.Attached && owns(dir, bpf.HookXDP, ebpf.ProgramID(x.ProgId)) {
 		flags := xdpFlagsDrvMode
 		if x.AttachMode == xdpAttachedSKB {
 			flags = xdpFlagsSKBMode
@@ -314,7 +319,12 @@ func attachTC(opts Options, dir string, iface netlink.Link, prog *ebpf.Program) 
 	if err := pinNew(prog, dir, progPin); err != nil {
 		return att, false, err
 	}
-	if l, err := link.LoadPinnedLink(linkPath, nil); err == nil {
+	l, err := pinnedLinkFor(linkPath, iface, opts.Instance, opts.Logger)
+	if err != nil {
+		os.Remove(filepath.Join(dir, progPin+pinNewSuffix))
+		return att, false, err
+	}
+	if l != nil {
 		defer l.Close()
 		if err := l.Update(prog); err != nil {
 			return att, false, fmt.Errorf("replace program on pinned tcx link: %w", err)
@@ -328,7 +338,7 @@ func attachTC(opts Options, dir string, iface netlink.Link, prog *ebpf.Program) 
 	}
 	ids, _ := tcProgIDs(iface)
 	for _, id := range ids {
-		if !ours(dir, bpf.HookTC, id) {
+		if !owns(dir, bpf.HookTC, id) {
 			continue
 		}
 		if err := netlink.FilterReplace(tcFilter(iface, prog)); err != nil {
@@ -342,8 +352,7 @@ func attachTC(opts Options, dir string, iface netlink.Link, prog *ebpf.Program) 
 		return att, true, nil
 	}
 
-	var l link.Link
-	err := ebpf.ErrNotSupported
+	err = ebpf.ErrNotSupported
 	if !opts.NoLink {
 		l, err = link.AttachTCX(link.TCXOptions{Interface: iface.Attrs().Index, Program: prog, Attach: ebpf.AttachTCXIngress})
 	}
@@ -441,12 +450,25 @@ func removeEmptyClsact(iface netlink.Link) {
 	})
 }
 
+// ErrPinsGone: an instance's pins are not on bpffs any more.
+var ErrPinsGone = errors.New("pins gone")
+
 // Attached verifies in the kernel that the instance's pinned program is the
 // one attached (on any interface of this namespace), and says where.
 func Attached(bpffs, instance string) (Attachment, error) {
 	dir, err := bpf.InstanceDir(bpffs, instance)
 	if err != nil {
 		return Attachment{}, err
+	}
+	if bpffs == "" {
+		bpffs = bpf.DefaultBPFFS
+	}
+	if !mounted(bpffs) {
+		return Attachment{}, fmt.Errorf("%w: no bpffs is mounted at %s any more (unmounted?): the pins of instance %q are gone, "+
+			"and a program attached through a pinned bpf_link went with them", ErrPinsGone, bpffs, instance)
+	}
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return Attachment{}, fmt.Errorf("%w: instance %q: %s is gone (removed by hand?)", ErrPinsGone, instance, dir)
 	}
 	for _, hook := range bpf.Hooks {
 		id, err := pinnedProgID(filepath.Join(dir, hook.ProgPin()))
@@ -540,31 +562,24 @@ func Detach(bpffs, instance string) error {
 		}
 		l.Close()
 	}
-	progs := ourProgIDs(dir)
+	// Every interface of the namespace: the instance's programs, pinned
+	// or recognized (see recognized), attached through netlink or clsact.
 	links, _ := netlink.LinkList()
-	for id, hook := range progs {
-		if hook != bpf.HookXDP {
-			continue
-		}
-		for _, l := range links {
-			if x := l.Attrs().Xdp; x != nil && x.Attached && ebpf.ProgramID(x.ProgId) == id {
-				flags := xdpFlagsDrvMode
-				if x.AttachMode == xdpAttachedSKB {
-					flags = xdpFlagsSKBMode
-				}
-				if err := detachXDPNetlink(l, id, flags); err != nil {
-					errs = append(errs, fmt.Errorf("detach xdp from %s: %w", l.Attrs().Name, err))
-				}
+	for _, l := range links {
+		if x := l.Attrs().Xdp; x != nil && x.Attached && owns(dir, bpf.HookXDP, ebpf.ProgramID(x.ProgId)) {
+			flags := xdpFlagsDrvMode
+			if x.AttachMode == xdpAttachedSKB {
+				flags = xdpFlagsSKBMode
+			}
+			if err := detachXDPNetlink(l, ebpf.ProgramID(x.ProgId), flags); err != nil {
+				errs = append(errs, fmt.Errorf("detach xdp from %s: %w", l.Attrs().Name, err))
 			}
 		}
-	}
-	for id, hook := range progs {
-		if hook != bpf.HookTC {
-			continue
-		}
-		for _, l := range links {
-			if ids, _ := tcProgIDs(l); containsID(ids, id) {
+		ids, _ := tcProgIDs(l)
+		for _, id := range ids {
+			if owns(dir, bpf.HookTC, id) {
 				detachTCNow(filepath.Join(dir, bpf.HookTC.LinkPin()), l)
+				break
 			}
 		}
 	}

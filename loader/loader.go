@@ -153,6 +153,9 @@ func Start(opts Options) (_ *Instance, err error) {
 		if err := checkHookConflict(dir, opts.Hook); err != nil {
 			return nil, err
 		}
+		if err := checkTableSize(dir, spec, opts); err != nil {
+			return nil, err
+		}
 	}
 	if err := checkForeignProgram(opts, iface); err != nil {
 		return nil, err
@@ -360,6 +363,28 @@ func loadError(err error, dir string, opts Options) error {
 		return fmt.Errorf("load bpf objects: %w (needs root: CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)", err)
 	}
 	return fmt.Errorf("load bpf objects: %w", err)
+}
+
+// checkTableSize refuses a start whose connection table is not the size of
+// the pinned one: a hash map cannot be resized in place, and a start that
+// made a new one would drop every tracked connection.
+func checkTableSize(dir string, spec *ebpf.CollectionSpec, opts Options) error {
+	name := bpf.TableEstablished.String()
+	ms, ok := spec.Maps[name]
+	if !ok {
+		return nil
+	}
+	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
+	if err != nil {
+		return nil // no table pinned: the load pins one
+	}
+	defer m.Close()
+	if have := m.MaxEntries(); have != ms.MaxEntries {
+		return fmt.Errorf("max-conns %d: the pinned connection table of instance %q holds %d connections, and a table "+
+			"cannot be resized in place: keep max-conns %d, or run `xdplb detach --instance %s` (drops tracked connections) "+
+			"and start again", ms.MaxEntries/2, opts.Instance, have/2, have/2, opts.Instance)
+	}
+	return nil
 }
 
 // checkHookConflict refuses to start an instance on a hook other than the
