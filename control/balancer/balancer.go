@@ -82,6 +82,10 @@ type Backend struct {
 	NextHop   *NextHop
 }
 
+// TakesNew says whether the backend takes new connections: up, not
+// drained, of a weight above 0.
+func (b Backend) TakesNew() bool { return b.Up && !b.Drained && b.Weight > 0 }
+
 // Balancer turns configuration, health and operator commands into the data
 // path's backend entries and Maglev table, and keeps its flow tables clean.
 type Balancer struct {

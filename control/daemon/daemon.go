@@ -17,10 +17,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
+	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/xdplb/xdplb/bpf"
 	"github.com/xdplb/xdplb/control/balancer"
@@ -41,30 +47,36 @@ type Options struct {
 	Ready chan<- struct{}
 }
 
-// datapath is what the daemon needs of the data path: the balancer's view
-// of the maps, and the flow tables' capacity for metrics.
-type datapath interface {
-	balancer.Datapath
-	TableCapacity(bpf.FlowTable) uint32
-}
-
-var _ datapath = loader.Datapath{}
+var _ balancer.Datapath = loader.Datapath{}
 
 // parts are the daemon's connections to the kernel and the network. Run
 // makes the real ones (loader, netlink, raw socket, the configured
 // checker); the tests give fakes.
 type parts struct {
-	dp datapath
+	dp balancer.Datapath
 	// attached says whether, and how, the program is attached now.
 	attached func() (loader.Attachment, error)
-	// nextHop resolves where packets to a backend leave (nil: unresolved,
-	// the data path asks bpf_fib_lookup).
+	// nextHop resolves where packets to a backend leave: nil and no error
+	// when the kernel has no neighbour entry (the data path then asks
+	// bpf_fib_lookup); an error when the lookup itself failed (the last
+	// next hop is kept).
 	nextHop func(netip.Addr) (*balancer.NextHop, error)
 	nudger  balancer.Nudger
 	checker health.Checker
+	// link is the frontend interface's state; nil: always up.
+	link *linkWatch
+	// reattach loads and attaches the program again against the pinned
+	// maps (an interface recreated); repin pins the maps again from the
+	// daemon's handles first (the pins are gone). nil: not possible.
+	reattach func() (loader.Attachment, error)
+	repin    func() (loader.Attachment, error)
 	// now is the data path's clock (bpf.Now).
 	now func() uint64
 }
+
+// linkSettle is how long after its interface comes back a failed check
+// is still the node's fault (neighbours and routes being rebuilt).
+const linkSettle = time.Second
 
 // Daemon is a running instance.
 type Daemon struct {
@@ -72,17 +84,26 @@ type Daemon struct {
 	node    nodeFacts
 	log     *slog.Logger
 	parts   parts
-	att     loader.Attachment // as attached at start
 	bal     *balancer.Balancer
 	mon     *health.Monitor
 	started time.Time
 	// monoBase pairs a time.Time with the data path's clock read at the
 	// same moment, to turn check times into data-path timestamps.
-	monoBase     time.Time
-	monoBaseNs   uint64
-	latency      sync.Map // backend addr string -> time.Duration
-	gcMu         sync.Mutex
-	lastGC       balancer.GCResult
+	monoBase   time.Time
+	monoBaseNs uint64
+	latency    sync.Map // backend addr string -> time.Duration
+
+	attMu sync.Mutex
+	att   loader.Attachment // as last attached
+
+	gcMu      sync.Mutex
+	lastGC    balancer.GCResult
+	reclaimed int // connections reclaimed, total
+
+	localFaults atomic.Uint64
+	faultLog    rateLimit
+	refuseLog   rateLimit
+
 	shutdown     chan struct{}
 	shutdownOnce sync.Once
 }
@@ -91,6 +112,11 @@ type Daemon struct {
 // arrives. The program stays attached and pinned when Run returns, so
 // tracked connections keep flowing until a new daemon takes over or
 // `xdplb detach` removes it.
+//
+// Everything that can be refused is refused before the kernel is touched:
+// the settings, the node's addresses, the check's files, the instance's
+// lock, the control socket and the metrics port. A failure after the
+// program is attached detaches a fresh instance again.
 func Run(ctx context.Context, cfg config.Config, opts Options) error {
 	log := opts.Logger
 	if log == nil {
@@ -102,6 +128,7 @@ func Run(ctx context.Context, cfg config.Config, opts Options) error {
 	if os.Geteuid() != 0 {
 		return errors.New("xdplb run needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN): run it with sudo")
 	}
+	fdLimit := raiseFileLimit(log)
 	node, err := examineNode(cfg)
 	if err != nil {
 		return err
@@ -110,25 +137,41 @@ func Run(ctx context.Context, cfg config.Config, opts Options) error {
 	if err != nil {
 		return err
 	}
-	// Claim the socket before touching the kernel: a second daemon of the
-	// same instance must not replace the first one's program.
-	ln, err := listenControl(cfg.Instance)
+	// Own the instance before touching the socket or the kernel: a second
+	// daemon of the same instance must not replace the first one's program.
+	lock, err := lockInstance(cfg.Instance)
 	if err != nil {
 		return err
 	}
-	defer ln.Close()
-	defer os.Remove(SocketPath(cfg.Instance))
+	defer lock.release()
+	ctl, err := listenControl(cfg.Instance)
+	if err != nil {
+		return err
+	}
+	defer ctl.close()
+	var metrics net.Listener
+	if cfg.MetricsAddr != "" {
+		if metrics, err = listenMetrics(cfg.MetricsAddr); err != nil {
+			return err
+		}
+		defer metrics.Close()
+	}
 	if node.local {
 		if err := reservePorts(node.snat); err != nil {
 			return err
 		}
 	}
+	link := newLinkWatch(cfg.Iface)
+	if err := link.resync(); err != nil {
+		return err
+	}
 
-	inst, err := loader.Start(loader.Options{
+	lopts := loader.Options{
 		BPFFS: cfg.BPFFS, Instance: cfg.Instance, Iface: cfg.Iface,
 		Hook: cfg.Hook, XDPMode: cfg.XDPMode,
 		Data: node.data, Verbose: opts.Verbose, NoLink: opts.NoLink, Logger: log,
-	})
+	}
+	inst, err := loader.Start(lopts)
 	if err != nil {
 		return err
 	}
@@ -138,31 +181,55 @@ func Run(ctx context.Context, cfg config.Config, opts Options) error {
 		verb = "replaced program in place (flow table kept)"
 	}
 	log.Info(verb, "attachment", inst.Attachment.String(), "clock", inst.Attachment.Clock,
-		"frontend", node.data.Frontend.String(), "snat_ports", node.snat.String(), "health_source", node.source.String())
+		"frontend", node.data.Frontend.String(), "snat_ports", node.snat.String(), "health_source", node.source.String(),
+		"max_conns", cfg.TableConns(), "fd_limit", fdLimit)
 
 	nudger := &RawNudger{}
 	defer nudger.Close()
+	reattach := func() (loader.Attachment, error) {
+		again, err := loader.Start(lopts)
+		if err != nil {
+			return loader.Attachment{}, err
+		}
+		again.Close()
+		return again.Attachment, nil
+	}
 	p := parts{
 		dp:       loader.Datapath{M: inst.Maps},
 		attached: func() (loader.Attachment, error) { return loader.Attached(cfg.BPFFS, cfg.Instance) },
 		nextHop:  nextHop,
 		nudger:   nudger,
 		checker:  checker,
-		now:      bpf.Now,
+		link:     link,
+		reattach: reattach,
+		repin: func() (loader.Attachment, error) {
+			if err := loader.RepinMaps(cfg.BPFFS, cfg.Instance, inst.Maps); err != nil {
+				return loader.Attachment{}, err
+			}
+			return reattach()
+		},
+		now: bpf.Now,
 	}
 	kickNeighbours(cfg.ResolvedBackends(), node.source)
 	d, err := start(cfg, node, p, inst.Attachment, log)
 	if err != nil {
+		if !inst.Replaced {
+			if derr := loader.Detach(cfg.BPFFS, cfg.Instance); derr != nil {
+				return fmt.Errorf("%w (and detaching it again failed: %v: run `xdplb detach --instance %s`)", err, derr, cfg.Instance)
+			}
+			return fmt.Errorf("%w (nothing left attached)", err)
+		}
 		return fmt.Errorf("%w (the program stays attached; run `xdplb detach --instance %s` to remove it)", err, cfg.Instance)
 	}
 	defer d.mon.Stop()
-	return d.serve(ctx, ln, opts.Ready)
+	return d.serve(ctx, ctl, metrics, opts.Ready)
 }
 
 // start builds the daemon over its parts: the balancer (reading back the
 // backends a previous daemon left), the table, the health monitor.
 func start(cfg config.Config, node nodeFacts, p parts, att loader.Attachment, log *slog.Logger) (*Daemon, error) {
-	d := &Daemon{cfg: cfg, node: node, log: log, parts: p, att: att, started: time.Now(), shutdown: make(chan struct{})}
+	d := &Daemon{cfg: cfg, node: node, log: log, parts: p, att: att, started: time.Now(), shutdown: make(chan struct{}),
+		faultLog: rateLimit{every: 10 * time.Second}, refuseLog: rateLimit{every: time.Minute}}
 	d.monoBase, d.monoBaseNs = time.Now(), p.now()
 	bal, err := balancer.New(p.dp, balancer.Options{
 		Frontend: node.data.Frontend, Backends: cfg.ResolvedBackends(), Timeouts: node.data,
@@ -176,7 +243,13 @@ func start(cfg config.Config, node nodeFacts, p parts, att loader.Attachment, lo
 	if err := bal.Sync(); err != nil {
 		return nil, err
 	}
-	mon, err := health.NewMonitor(p.checker, cfg.HealthParams(), d.onCheck)
+	checker := p.checker
+	if p.link != nil {
+		// A check that failed while this node's own link was down is
+		// not counted against the backend.
+		checker = &health.LocalGuard{Checker: checker, Link: p.link, Iface: cfg.Iface, Settle: linkSettle}
+	}
+	mon, err := health.NewMonitor(checker, cfg.HealthParams(), d.onCheck)
 	if err != nil {
 		return nil, err
 	}
@@ -190,42 +263,77 @@ func start(cfg config.Config, node nodeFacts, p parts, att loader.Attachment, lo
 	return d, nil
 }
 
-// serve runs the daemon's loops and the control socket until ctx ends or
-// a shutdown command arrives.
-func (d *Daemon) serve(ctx context.Context, ln listener, ready chan<- struct{}) error {
+// stopGrace bounds how long the daemon waits for its goroutines when it
+// stops: a stuck one must not keep it from exiting.
+const stopGrace = 5 * time.Second
+
+// serve runs the daemon's loops, the control socket and the metrics
+// listener until ctx ends (SIGTERM), a shutdown command arrives, or one of
+// them fails: then it returns that failure, and the daemon exits non-zero.
+func (d *Daemon) serve(ctx context.Context, ctl *controlSocket, metrics net.Listener, ready chan<- struct{}) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	failed := make(chan error, 8)
 	var wg sync.WaitGroup
-	run := func(f func(context.Context)) {
+	run := func(name string, f func(context.Context) error) {
 		wg.Add(1)
-		go func() { defer wg.Done(); f(ctx) }()
+		go func() {
+			defer wg.Done()
+			defer func() {
+				if r := recover(); r != nil {
+					failed <- fmt.Errorf("%s: panic: %v\n%s", name, r, debug.Stack())
+				}
+			}()
+			if err := f(ctx); err != nil && ctx.Err() == nil {
+				failed <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
 	}
-	run(d.resolveLoop)
-	run(d.refusedLoop)
-	run(d.gcLoop)
-	run(func(ctx context.Context) { d.serveControl(ctx, ln) })
-	if d.cfg.MetricsAddr != "" {
-		srv, err := d.startMetrics()
-		if err != nil {
-			cancel()
-			ln.Close()
-			wg.Wait()
-			return err
-		}
-		defer srv.Close()
+	loop := func(f func(context.Context)) func(context.Context) error {
+		return func(ctx context.Context) error { f(ctx); return nil }
+	}
+	run("next hops", loop(d.resolveLoop))
+	run("refusal flags", loop(d.refusedLoop))
+	run("flow gc", loop(d.gcLoop))
+	run("attachment", loop(d.watchAttachment))
+	if d.parts.link != nil {
+		run("link watch", func(ctx context.Context) error { return d.parts.link.run(ctx, d.log, d.onLink) })
+	}
+	run("control socket", loop(func(ctx context.Context) { d.serveControl(ctx, ctl) }))
+	var srv *http.Server
+	if metrics != nil {
+		srv = d.metricsServer()
+		run("metrics", func(context.Context) error {
+			if err := srv.Serve(metrics); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
 	}
 	if ready != nil {
 		close(ready)
 	}
+	var err error
 	select {
 	case <-ctx.Done():
 	case <-d.shutdown:
+	case err = <-failed:
+		d.log.Error("stopping: a part of the daemon failed", "err", err)
 	}
 	d.log.Info("stopping; the program stays attached and keeps forwarding tracked flows")
 	cancel()
-	ln.Close()
-	wg.Wait()
-	return nil
+	ctl.Listener.Close()
+	if srv != nil {
+		srv.Close()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(stopGrace):
+		d.log.Warn("stopping without waiting longer for the daemon's goroutines", "after", stopGrace)
+	}
+	return err
 }
 
 // onCheck applies what a health check decided: the monitor reports, the
@@ -237,9 +345,16 @@ func (d *Daemon) onCheck(ev health.Event) {
 	if err != nil {
 		return
 	}
-	if ev.Outcome == health.Healthy {
+	switch ev.Outcome {
+	case health.Healthy:
 		// A check that started after a refusal and passed clears it.
 		d.bal.ClearRefusedBefore(addr, d.monoAt(ev.At))
+	case health.LocalFault:
+		d.localFaults.Add(1)
+		if d.faultLog.allow() {
+			d.log.Warn("health check not counted: this node's own fault, not the backend's; backends keep their state",
+				"backend", ev.Key, "err", ev.Detail)
+		}
 	}
 	if tr := ev.Transition; tr != nil {
 		d.log.Info(tr.String())
@@ -295,13 +410,23 @@ func every(ctx context.Context, interval time.Duration, fn func()) {
 	}
 }
 
+// gcLoop runs the flow GC every gc-interval, and every second while the
+// connection table is under pressure (balancer.NextGC).
 func (d *Daemon) gcLoop(ctx context.Context) {
-	d.gc()
 	interval := d.cfg.GCInterval
 	if interval <= 0 {
 		interval = config.DefaultGCInterval
 	}
-	every(ctx, interval, func() { d.gc() })
+	for {
+		res := d.gc()
+		timer := time.NewTimer(balancer.NextGC(res.Pressure, interval))
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-timer.C:
+		}
+	}
 }
 
 func (d *Daemon) gc() balancer.GCResult {
@@ -313,20 +438,49 @@ func (d *Daemon) gc() balancer.GCResult {
 		d.log.Debug("flow gc", "expired", res.Expired, "orphaned", res.Orphaned)
 	}
 	d.gcMu.Lock()
+	prev := d.lastGC.Pressure.Refusing
 	d.lastGC = res
+	d.reclaimed += res.Pressure.Reclaimed
 	d.gcMu.Unlock()
+	p := res.Pressure
+	switch {
+	case p.Refusing && (!prev || d.refuseLog.allow()):
+		d.log.Warn("connection table full: new connections are refused with a RST (established ones are kept); raise max-conns or find the client",
+			"live", p.Live, "capacity", p.Capacity, "headroom", balancer.Headroom(p.Capacity), "refused_so_far", d.counter(bpf.StatResetTableFull))
+	case !p.Refusing && prev:
+		d.log.Info("connection table has room again: new connections accepted", "live", p.Live, "capacity", p.Capacity)
+	}
+	if p.Reclaimed > 0 {
+		d.log.Debug("crowded connection table: ended connections removed before their timeout", "reclaimed", p.Reclaimed)
+	}
 	return res
+}
+
+func (d *Daemon) counter(s bpf.Stat) uint64 {
+	stats, err := d.parts.dp.Stats()
+	if err != nil || int(s) >= len(stats) {
+		return 0
+	}
+	return stats[s]
 }
 
 func (d *Daemon) resolveLoop(ctx context.Context) { every(ctx, time.Second, d.resolveOnce) }
 
 // resolveOnce looks up the next hop of every backend; unresolved backends
-// fall back to bpf_fib_lookup in the data path.
+// fall back to bpf_fib_lookup in the data path. While the interface is
+// down, or when a lookup fails (this node's trouble, not the backend's),
+// the last next hop is kept.
 func (d *Daemon) resolveOnce() {
+	if d.parts.link != nil {
+		if up, _, _ := d.parts.link.LinkState(); !up {
+			return
+		}
+	}
 	for _, st := range d.bal.Backends() {
 		nh, err := d.parts.nextHop(st.Addr.Addr())
 		if err != nil {
 			d.log.Debug("resolve next hop", "backend", st.Addr.String(), "err", err)
+			continue
 		}
 		if err := d.bal.SetNextHop(st.Addr, nh); err != nil {
 			d.log.Warn("write backend next hop", "backend", st.Addr.String(), "err", err)
@@ -334,4 +488,52 @@ func (d *Daemon) resolveOnce() {
 	}
 }
 
+func (d *Daemon) attachment() loader.Attachment {
+	d.attMu.Lock()
+	defer d.attMu.Unlock()
+	return d.att
+}
+
+func (d *Daemon) setAttachment(att loader.Attachment) {
+	d.attMu.Lock()
+	defer d.attMu.Unlock()
+	d.att = att
+}
+
 func (d *Daemon) stop() { d.shutdownOnce.Do(func() { close(d.shutdown) }) }
+
+// rateLimit lets one event through per interval.
+type rateLimit struct {
+	mu    sync.Mutex
+	every time.Duration
+	last  time.Time
+}
+
+func (r *rateLimit) allow() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.last.IsZero() && time.Since(r.last) < r.every {
+		return false
+	}
+	r.last = time.Now()
+	return true
+}
+
+// raiseFileLimit raises the soft limit of open files to the hard one
+// (the unit sets LimitNOFILE), and returns the limit in force.
+func raiseFileLimit(log *slog.Logger) uint64 {
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
+		return 0
+	}
+	if lim.Cur < lim.Max {
+		want := lim
+		want.Cur = lim.Max
+		if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &want); err != nil {
+			log.Warn("raise the open files limit", "soft", lim.Cur, "hard", lim.Max, "err", err)
+			return lim.Cur
+		}
+		lim = want
+	}
+	return lim.Cur
+}

@@ -92,7 +92,11 @@ func testConfig() config.Config {
 
 // newRig wires a daemon over a fake datapath, a scripted checker and
 // recorded nudges, as Run wires the real parts.
-func newRig(t *testing.T) *rig {
+func newRig(t *testing.T) *rig { return newRigWith(t, nil) }
+
+// newRigWith is newRig with the configuration and the parts changed by
+// change before the daemon starts.
+func newRigWith(t *testing.T, change func(*config.Config, *parts)) *rig {
 	t.Helper()
 	cfg := testConfig()
 	node, err := decideNode(cfg, []netip.Addr{netip.MustParseAddr("10.10.10.98")}, config.PortRange{Lo: 32768, Hi: 60999})
@@ -115,6 +119,9 @@ func newRig(t *testing.T) *rig {
 		nudger:  r.nudges,
 		checker: r.checker,
 		now:     func() uint64 { clock += 1e6; return clock },
+	}
+	if change != nil {
+		change(&cfg, &p)
 	}
 	r.d, err = start(cfg, node, p, loader.Attachment{Iface: "eth1", Hook: bpf.HookXDP, Mode: "native", Via: "bpf_link", ProgID: 7}, quiet)
 	if err != nil {
@@ -219,16 +226,21 @@ func TestControlSocket(t *testing.T) {
 	RunDir = t.TempDir()
 	r := newRig(t)
 	r.d.cfg.Instance = "sock-test"
+	lock, err := lockInstance("sock-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.release()
+	if _, err := lockInstance("sock-test"); err == nil || !strings.Contains(err.Error(), "already has a running daemon (pid ") {
+		t.Fatalf("second lock: %v", err)
+	}
 	ln, err := listenControl("sock-test")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := listenControl("sock-test"); err == nil || !strings.Contains(err.Error(), "already has a running daemon") {
-		t.Fatalf("second listen: %v", err)
-	}
 	ready := make(chan struct{})
 	done := make(chan error, 1)
-	go func() { done <- r.d.serve(context.Background(), ln, ready) }()
+	go func() { done <- r.d.serve(context.Background(), ln, nil, ready) }()
 	<-ready
 
 	call := func(req Request) Response {
@@ -266,16 +278,37 @@ func TestControlSocket(t *testing.T) {
 	if resp := call(Request{Cmd: "frob"}); resp.OK || !strings.Contains(resp.Error, `unknown command "frob"`) {
 		t.Fatalf("unknown command: %+v", resp)
 	}
-	for _, s := range []netip.AddrPort{s1, s2, s3} {
-		r.d.bal.SetHealth(s, false, false)
+	// The split of issue 11 §3: `check` says whether this node can
+	// forward; `check --backends` whether it sees a backend that can take
+	// new connections, and why not.
+	if resp := call(Request{Cmd: "check", Backends: true}); !resp.OK {
+		t.Fatalf("check --backends with backends up: %+v", resp)
 	}
-	if resp := call(Request{Cmd: "check"}); resp.OK || resp.Error != "no backend is up" {
-		t.Fatalf("check with every backend down: %+v", resp)
+	r.d.bal.SetHealth(s1, false, false)
+	r.d.bal.SetHealth(s2, false, false)
+	r.d.bal.SetDrained(s3, true)
+	if resp := call(Request{Cmd: "check"}); !resp.OK {
+		t.Fatalf("check with no backend taking connections: %+v; want ok, the node still forwards", resp)
+	}
+	resp := call(Request{Cmd: "check", Backends: true})
+	if want := "no backend can take new connections: 10.10.10.50:6443 DOWN (backend 10.10.10.50:6443 UP: "; resp.OK || !strings.HasPrefix(resp.Error, want) ||
+		!strings.HasSuffix(resp.Error, "10.10.10.52:6443 DRAIN (drained by the operator)") {
+		t.Fatalf("check --backends with every backend down or drained: %+v", resp)
+	}
+	r.d.bal.SetDrained(s3, false)
+	r.d.bal.SetWeight(s3, 0)
+	if resp := call(Request{Cmd: "check", Backends: true}); resp.OK || !strings.HasSuffix(resp.Error, "10.10.10.52:6443 DRAIN (weight 0)") {
+		t.Fatalf("check --backends with the last backend at weight 0: %+v", resp)
 	}
 	r.d.bal.SetHealth(s1, true, false)
+	if resp := call(Request{Cmd: "check", Backends: true}); !resp.OK {
+		t.Fatalf("check --backends with a backend up again: %+v", resp)
+	}
 	r.detached = true
-	if resp := call(Request{Cmd: "check"}); resp.OK || !strings.Contains(resp.Error, "program not attached") {
-		t.Fatalf("check with the program detached: %+v", resp)
+	for _, backends := range []bool{false, true} {
+		if resp := call(Request{Cmd: "check", Backends: backends}); resp.OK || !strings.Contains(resp.Error, "program not attached") {
+			t.Fatalf("check (backends %v) with the program detached: %+v", backends, resp)
+		}
 	}
 	if resp := call(Request{Cmd: "shutdown"}); !resp.OK {
 		t.Fatalf("shutdown: %+v", resp)

@@ -14,11 +14,16 @@ import (
 
 // nextHop looks up, through netlink, where packets to addr leave: the
 // route's gateway or addr itself, its MAC in the neighbour table, our MAC
-// and the interface.
+// and the interface. Without a neighbour entry it returns nil and no
+// error; an error means the lookup failed (no route, no socket): this
+// node's trouble, which says nothing of the backend's next hop.
 func nextHop(addr netip.Addr) (*balancer.NextHop, error) {
 	routes, err := netlink.RouteGet(net.IP(addr.AsSlice()))
-	if err != nil || len(routes) == 0 {
-		return nil, fmt.Errorf("no route: %v", err)
+	if err != nil {
+		return nil, fmt.Errorf("route to %s: %w", addr, err)
+	}
+	if len(routes) == 0 {
+		return nil, fmt.Errorf("no route to %s", addr)
 	}
 	r := routes[0]
 	hop := net.IP(addr.AsSlice())
@@ -45,7 +50,7 @@ func nextHop(addr netip.Addr) (*balancer.NextHop, error) {
 		copy(nh.SrcMAC[:], link.Attrs().HardwareAddr)
 		return nh, nil
 	}
-	return nil, fmt.Errorf("no neighbour entry for %s", hop)
+	return nil, nil // no neighbour entry yet
 }
 
 // kickNeighbours makes the kernel resolve backends it has no neighbour

@@ -1,19 +1,23 @@
 package daemon
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/xdplb/xdplb/bpf"
+	"github.com/xdplb/xdplb/control/balancer"
 	"github.com/xdplb/xdplb/loader"
 )
 
@@ -23,14 +27,14 @@ var RunDir = "/run/xdplb"
 // SocketPath is the control socket of an instance.
 func SocketPath(instance string) string { return filepath.Join(RunDir, instance+".sock") }
 
-// listener is the control socket's listener.
-type listener = net.Listener
-
 // Request is one command on the control socket (one JSON object a line).
 type Request struct {
 	Cmd    string `json:"cmd"` // status, check, drain, enable, weight, shutdown
 	Addr   string `json:"addr,omitempty"`
 	Weight uint32 `json:"weight,omitempty"`
+	// Backends, with check: also fail when no backend can take new
+	// connections (every one down or drained).
+	Backends bool `json:"backends,omitempty"`
 }
 
 // Response answers a Request.
@@ -58,6 +62,24 @@ type Status struct {
 	Backends    []BackendStatus   `json:"backends"`
 	Flows       map[string]int    `json:"flows"` // entries per table, at the last GC
 	Counters    map[string]uint64 `json:"counters"`
+	// Table is the connection table's load, at the last GC.
+	Table TableStatus `json:"table"`
+	// LinkUp: the frontend interface is up. While it is not, checks are
+	// not counted (LocalFaults counts them).
+	LinkUp      bool   `json:"link_up"`
+	LocalFaults uint64 `json:"checks_not_counted"`
+	// FDs and FDLimit are the daemon's open file descriptors and limit.
+	FDs     int    `json:"fds"`
+	FDLimit uint64 `json:"fd_limit"`
+}
+
+// TableStatus is the connection table's load.
+type TableStatus struct {
+	balancer.Pressure
+	// MaxPerClient is the per-client cap (0: none).
+	MaxPerClient uint32 `json:"max_per_client"`
+	// ReclaimedTotal counts the connections reclaimed since start.
+	ReclaimedTotal int `json:"reclaimed_total"`
 }
 
 // State is a backend's state as status shows it.
@@ -88,45 +110,150 @@ type BackendStatus struct {
 	CheckMillis float64 `json:"check_ms"`
 	NextHop     string  `json:"next_hop"`
 	Refused     bool    `json:"refused"`
+	// Drained by the operator (weight 0 shows as DRAIN too).
+	Drained bool `json:"drained,omitempty"`
 }
 
-func listenControl(instance string) (net.Listener, error) {
+// noBackendWhy says why no backend can take a new connection, or "" when
+// one can.
+func noBackendWhy(bs []BackendStatus) string {
+	if len(bs) == 0 {
+		return "no backend configured"
+	}
+	var why []string
+	for _, b := range bs {
+		switch {
+		case b.State == StateUp:
+			return ""
+		case b.State == StateDown:
+			why = append(why, fmt.Sprintf("%s DOWN (%s)", b.Addr, b.Health))
+		case b.Drained:
+			why = append(why, b.Addr+" DRAIN (drained by the operator)")
+		default:
+			why = append(why, b.Addr+" DRAIN (weight 0)")
+		}
+	}
+	return "no backend can take new connections: " + strings.Join(why, "; ")
+}
+
+// controlSocket is the daemon's listener on its control socket, with the
+// identity of the file it made, so that it removes that file and never
+// one a later daemon made.
+type controlSocket struct {
+	net.Listener
+	path string
+	ino  uint64
+}
+
+// listenControl makes the instance's control socket. The caller holds the
+// instance's lock, so a socket file found there is a dead daemon's.
+func listenControl(instance string) (*controlSocket, error) {
+	if err := bpf.ValidateInstance(instance); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(RunDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create %s: %w", RunDir, err)
 	}
 	path := SocketPath(instance)
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("instance %q already has a running daemon (%s answers): stop it first", instance, path)
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove the stale socket %s: %w", path, err)
 	}
-	os.Remove(path) // stale, from a crashed daemon
 	ln, err := net.Listen("unix", path)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
+	// Removal is ours (see close): never an unconditional unlink.
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
 	if err := os.Chmod(path, 0o600); err != nil {
 		ln.Close()
+		os.Remove(path)
 		return nil, err
 	}
-	return ln, nil
+	cs := &controlSocket{Listener: ln, path: path}
+	if fi, err := os.Stat(path); err == nil {
+		cs.ino = inode(fi)
+	}
+	return cs, nil
 }
 
+// close stops listening and removes the socket file if it is still the one
+// this daemon made.
+func (cs *controlSocket) close() {
+	cs.Listener.Close()
+	if fi, err := os.Stat(cs.path); err == nil && inode(fi) == cs.ino && cs.ino != 0 {
+		os.Remove(cs.path)
+	}
+}
+
+func inode(fi os.FileInfo) uint64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Ino
+	}
+	return 0
+}
+
+// Limits of the control socket: what a request may be, how many
+// connections are served at once, and how long one may take.
+const (
+	maxRequest     = 64 << 10
+	maxControlConn = 64
+	controlTimeout = 10 * time.Second
+)
+
+// serveControl answers the control socket until ctx ends. An accept error
+// (out of file descriptors, say) never ends it: it waits, from 5 ms up
+// to 1 s, and accepts again, so `xdplb check` works again as soon as the
+// node has descriptors again (issue 10 §1: it used to stop for good).
 func (d *Daemon) serveControl(ctx context.Context, ln net.Listener) {
+	var delay time.Duration
+	var lastLog time.Time
+	slots := make(chan struct{}, maxControlConn)
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			return
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			if time.Since(lastLog) > 10*time.Second {
+				d.log.Warn("control socket: accept failed; retrying", "err", err, "in", delay)
+				lastLog = time.Now()
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(delay):
+			}
+			continue
 		}
-		go d.handleConn(c)
+		delay = 0
+		select {
+		case slots <- struct{}{}:
+		default:
+			json.NewEncoder(c).Encode(Response{Error: "busy: too many control connections"})
+			c.Close()
+			continue
+		}
+		go func() {
+			defer func() { <-slots }()
+			d.handleConn(c)
+		}()
 	}
 }
 
+// handleConn answers one request: one JSON object of at most maxRequest
+// bytes, within controlTimeout.
 func (d *Daemon) handleConn(c net.Conn) {
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c.SetDeadline(time.Now().Add(controlTimeout))
 	var req Request
-	if err := json.NewDecoder(bufio.NewReader(c)).Decode(&req); err != nil {
-		json.NewEncoder(c).Encode(Response{Error: "bad request: " + err.Error()})
+	lr := &io.LimitedReader{R: c, N: maxRequest}
+	if err := json.NewDecoder(lr).Decode(&req); err != nil {
+		msg := "bad request: " + err.Error()
+		if lr.N <= 0 {
+			msg = fmt.Sprintf("bad request: larger than %d bytes", maxRequest)
+		}
+		json.NewEncoder(c).Encode(Response{Error: msg})
 		return
 	}
 	json.NewEncoder(c).Encode(d.handle(req))
@@ -143,12 +270,12 @@ func (d *Daemon) handle(req Request) Response {
 		if !st.Attached {
 			return Response{Error: "program not attached: " + st.AttachError, Status: &st}
 		}
-		for _, b := range st.Backends {
-			if b.State == StateUp || b.State == StateDrain {
-				return Response{OK: true, Status: &st}
+		if req.Backends {
+			if why := noBackendWhy(st.Backends); why != "" {
+				return Response{Error: why, Status: &st}
 			}
 		}
-		return Response{Error: "no backend is up", Status: &st}
+		return Response{OK: true, Status: &st}
 	case "drain", "enable", "weight":
 		addr, err := d.parseBackend(req.Addr)
 		if err != nil {
@@ -191,9 +318,14 @@ func (d *Daemon) status() Status {
 	st := Status{
 		Instance: cfg.Instance, Version: Version, PID: os.Getpid(), Started: d.started,
 		Iface: cfg.Iface, Frontend: d.node.data.Frontend.String(), SNATPorts: d.node.snat.String(),
-		CheckSource: d.node.source.String(), Check: string(cfg.Check), Attachment: d.att,
+		CheckSource: d.node.source.String(), Check: string(cfg.Check), Attachment: d.attachment(),
 		Counters: map[string]uint64{}, Flows: map[string]int{},
+		LinkUp: true, LocalFaults: d.localFaults.Load(),
 	}
+	if d.parts.link != nil {
+		st.LinkUp, _, _ = d.parts.link.LinkState()
+	}
+	st.FDs, st.FDLimit = openFiles()
 	st.FrontendIs = "vip"
 	if d.node.local {
 		st.FrontendIs = "node address"
@@ -206,7 +338,11 @@ func (d *Daemon) status() Status {
 	}
 	d.gcMu.Lock()
 	gc := d.lastGC
+	st.Table = TableStatus{Pressure: gc.Pressure, MaxPerClient: d.node.data.MaxConnsPerClient, ReclaimedTotal: d.reclaimed}
 	d.gcMu.Unlock()
+	if st.Table.Capacity == 0 { // before the first GC
+		st.Table.Capacity = int(d.parts.dp.TableCapacity(bpf.TableEstablished) / 2)
+	}
 	for t, n := range gc.Entries {
 		st.Flows[t.String()] = n
 	}
@@ -217,11 +353,12 @@ func (d *Daemon) status() Status {
 		switch {
 		case !b.Up:
 			bs.State = StateDown
-		case b.Drained || b.Weight == 0:
+		case !b.TakesNew():
 			bs.State = StateDrain
 		default:
 			bs.State = StateUp
 		}
+		bs.Drained = b.Drained
 		if ms, ok := d.mon.Status(b.Addr.String()); ok {
 			bs.Health = ms.Line
 		}
@@ -247,54 +384,100 @@ func (d *Daemon) status() Status {
 	return st
 }
 
-// Call sends one request to an instance's daemon.
+// Call sends one request to an instance's daemon and reads its answer
+// within 10 s.
 func Call(instance string, req Request) (Response, error) {
+	return call(instance, req, controlTimeout)
+}
+
+func call(instance string, req Request, timeout time.Duration) (Response, error) {
+	if err := bpf.ValidateInstance(instance); err != nil {
+		return Response{}, err
+	}
 	path := SocketPath(instance)
-	c, err := net.DialTimeout("unix", path, 2*time.Second)
+	c, err := net.DialTimeout("unix", path, min(timeout, 2*time.Second))
 	if err != nil {
-		return Response{}, fmt.Errorf("no xdplb daemon for instance %q (%s): %w", instance, path, err)
+		return Response{}, dialError(instance, path, err)
 	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c.SetDeadline(time.Now().Add(timeout))
 	if err := json.NewEncoder(c).Encode(req); err != nil {
-		return Response{}, err
+		return Response{}, fmt.Errorf("send to the daemon of instance %q: %w", instance, err)
 	}
 	var resp Response
 	if err := json.NewDecoder(c).Decode(&resp); err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return Response{}, fmt.Errorf("the daemon of instance %q (%s) did not answer within %v: stopped (SIGSTOP) or hung?", instance, holderString(instance), timeout)
+		}
 		return Response{}, fmt.Errorf("read reply from daemon: %w", err)
 	}
 	return resp, nil
 }
 
-// Shutdown asks a running daemon to stop and waits for it to go.
+// dialError says why the control socket could not be reached: no daemon,
+// or not allowed to (the socket is root's).
+func dialError(instance, path string, err error) error {
+	if errors.Is(err, fs.ErrPermission) {
+		return fmt.Errorf("permission denied on the control socket %s of instance %q: it is root's only; run xdplb as root (sudo): %w", path, instance, err)
+	}
+	return fmt.Errorf("no xdplb daemon for instance %q (%s): %w", instance, path, err)
+}
+
+func holderString(instance string) string {
+	if pid := lockHolder(instance); pid > 0 {
+		return "pid " + strconv.Itoa(pid)
+	}
+	return "pid unknown"
+}
+
+// Shutdown asks a running daemon to stop and waits until it has let go
+// of its instance.
 func Shutdown(instance string, wait time.Duration) error {
 	if _, err := Call(instance, Request{Cmd: "shutdown"}); err != nil {
 		return err
 	}
-	deadline := time.Now().Add(wait)
-	for time.Now().Before(deadline) {
-		if _, err := os.Stat(SocketPath(instance)); errors.Is(err, os.ErrNotExist) {
-			return nil
+	l, err := waitUnlocked(instance, wait)
+	if err != nil {
+		var re *RunningError
+		if errors.As(err, &re) {
+			return fmt.Errorf("daemon of instance %q did not stop within %s", instance, wait)
 		}
-		time.Sleep(50 * time.Millisecond)
+		return err
 	}
-	return fmt.Errorf("daemon of instance %q did not stop within %s", instance, wait)
+	l.release()
+	return nil
 }
 
 // Detach stops the instance's daemon if one runs, then removes its
 // program from every interface, its pins and its state. It reports
 // whether it stopped a daemon.
+//
+// A daemon is running while it holds the instance's lock. One that holds
+// it but does not answer (stopped with SIGSTOP, hung) is not a crash:
+// nothing is removed, and the error says so. Detach then holds the lock
+// itself while it removes the instance, so no start can race it.
 func Detach(bpffs, instance string) (stopped bool, err error) {
 	if err := bpf.ValidateInstance(instance); err != nil {
 		return false, err
 	}
-	if _, err := Call(instance, Request{Cmd: "status"}); err == nil {
-		if err := Shutdown(instance, 10*time.Second); err != nil {
-			return false, err
+	l, err := lockInstance(instance)
+	var re *RunningError
+	if errors.As(err, &re) {
+		if _, cerr := call(instance, Request{Cmd: "shutdown"}, 5*time.Second); cerr != nil {
+			return false, fmt.Errorf("the daemon of instance %q (%s) holds its lock but does not answer (%v): nothing was removed; "+
+				"resume it (kill -CONT) or stop it (kill) and run detach again", instance, holderString(instance), cerr)
+		}
+		if l, err = waitUnlocked(instance, 10*time.Second); err != nil {
+			return false, fmt.Errorf("the daemon of instance %q did not stop within 10s: %w", instance, err)
 		}
 		stopped = true
-	} else {
-		os.Remove(SocketPath(instance)) // left by a crashed daemon
+	} else if err != nil {
+		return false, err
+	}
+	defer l.release()
+	// No daemon holds the instance: a socket left is a dead one's.
+	if err := os.Remove(SocketPath(instance)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return stopped, err
 	}
 	return stopped, loader.Detach(bpffs, instance)
 }
@@ -308,4 +491,15 @@ func SortedCounters(m map[string]uint64) []string {
 		}
 	}
 	return names
+}
+
+// openFiles counts the daemon's open file descriptors, and its limit.
+func openFiles() (int, uint64) {
+	n := -1
+	if entries, err := os.ReadDir("/proc/self/fd"); err == nil {
+		n = len(entries) - 1 // the directory being read
+	}
+	var lim syscall.Rlimit
+	syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
+	return n, lim.Cur
 }

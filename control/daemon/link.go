@@ -1,0 +1,242 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/xdplb/xdplb/loader"
+)
+
+// linkWatch follows the frontend interface through netlink: whether it is
+// up (administratively up and with a carrier), how often it went down,
+// and its ifindex, which changes when the interface is deleted and made
+// again under its name. It is the health.Link of the checks' LocalGuard.
+type linkWatch struct {
+	name string
+
+	mu      sync.Mutex
+	seen    bool // observed at least once
+	present bool
+	index   int
+	up      bool
+	downs   uint64
+	upSince time.Time
+}
+
+func newLinkWatch(name string) *linkWatch { return &linkWatch{name: name} }
+
+// LinkState implements health.Link.
+func (w *linkWatch) LinkState() (bool, uint64, time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.present && w.up, w.downs, w.upSince
+}
+
+// linkChange is what one observation changed.
+type linkChange struct {
+	Down, Up, Removed bool
+	// Index is the interface's ifindex now (0: absent).
+	Index int
+}
+
+func (c linkChange) any() bool { return c.Down || c.Up || c.Removed }
+
+// observe records the interface's state: present (with index) and up.
+func (w *linkWatch) observe(present bool, index int, up bool, now time.Time) linkChange {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	usable := present && up
+	wasUsable := w.present && w.up
+	var ch linkChange
+	if w.seen {
+		ch.Removed = w.present && (!present || index != w.index)
+		ch.Down = wasUsable && (!usable || index != w.index)
+		ch.Up = usable && (!wasUsable || index != w.index)
+	}
+	if ch.Down {
+		w.downs++
+	}
+	if ch.Up {
+		w.upSince = now
+	}
+	w.seen, w.present, w.index, w.up = true, present, index, up
+	if present {
+		ch.Index = index
+	}
+	return ch
+}
+
+// linkUsable: administratively up, and the lower layer too (a veth whose
+// peer is down, a NIC without carrier, are not).
+func linkUsable(l netlink.Link) bool {
+	a := l.Attrs()
+	return a.Flags&net.FlagUp != 0 && (a.OperState == netlink.OperUp || a.OperState == netlink.OperUnknown)
+}
+
+// resync reads the interface's state now.
+func (w *linkWatch) resync() error {
+	_, err := w.poll()
+	return err
+}
+
+func (w *linkWatch) poll() (linkChange, error) {
+	l, err := netlink.LinkByName(w.name)
+	var nf netlink.LinkNotFoundError
+	switch {
+	case errors.As(err, &nf):
+		return w.observe(false, 0, false, time.Now()), nil
+	case err != nil:
+		return linkChange{}, fmt.Errorf("interface %s: %w", w.name, err)
+	}
+	return w.observe(true, l.Attrs().Index, linkUsable(l), time.Now()), nil
+}
+
+// run follows the interface until ctx ends: netlink link notifications,
+// and a poll every second in case one was lost (the subscription is made
+// again when it breaks). onChange is called with every change.
+func (w *linkWatch) run(ctx context.Context, log *slog.Logger, onChange func(linkChange)) error {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for ctx.Err() == nil {
+		updates := make(chan netlink.LinkUpdate, 64)
+		done := make(chan struct{})
+		err := netlink.LinkSubscribeWithOptions(updates, done, netlink.LinkSubscribeOptions{
+			ErrorCallback: func(err error) { log.Debug("link notifications", "err", err) },
+		})
+		if err != nil {
+			log.Warn("subscribe to link notifications; polling every second", "err", err)
+			updates = nil
+		}
+	events:
+		for {
+			select {
+			case <-ctx.Done():
+				close(done)
+				return nil
+			case u, ok := <-updates:
+				if !ok {
+					break events // subscription broken: make it again
+				}
+				if u.Attrs().Name != w.name && u.Attrs().Index != w.lastIndex() {
+					continue
+				}
+			case <-tick.C:
+				if updates == nil {
+					break events
+				}
+			}
+			// The notification says something happened; netlink says what
+			// the state is now (a deletion notification carries the old
+			// state, a rename the new name).
+			ch, err := w.poll()
+			if err != nil {
+				log.Debug("link state", "err", err)
+				continue
+			}
+			onChange(ch)
+		}
+		close(done)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
+	}
+	return nil
+}
+
+func (w *linkWatch) lastIndex() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.index
+}
+
+// onLink reports the interface's changes and, when it is there again
+// under another ifindex (deleted and made again), attaches the program to
+// it.
+func (d *Daemon) onLink(ch linkChange) {
+	iface := d.cfg.Iface
+	switch {
+	case ch.Removed:
+		d.log.Error("interface removed: the program went with it; health checks are not counted until it is back",
+			"iface", iface)
+	case ch.Down:
+		d.log.Warn("interface down: health checks are not counted until it is back, backends keep their state, flows stay",
+			"iface", iface)
+	}
+	if ch.Up {
+		d.log.Info("interface up", "iface", iface)
+	}
+	if ch.Index != 0 && ch.Index != d.attachment().Ifindex {
+		d.reattach("interface recreated")
+	}
+}
+
+// reattach attaches the program again, e.g. to an interface made again.
+func (d *Daemon) reattach(why string) {
+	if d.parts.reattach == nil {
+		return
+	}
+	att, err := d.parts.reattach()
+	if err != nil {
+		d.log.Error("attach the program again", "why", why, "err", err)
+		return
+	}
+	d.setAttachment(att)
+	d.log.Info("attached the program again (flow table kept)", "why", why, "attachment", att.String())
+}
+
+// watchAttachment checks every second that the program is attached, logs
+// when that changes, retries an attach to a recreated interface that
+// failed, and when the instance's pins are gone (bpffs unmounted, its
+// directory removed: with a pinned bpf_link the program went with them)
+// pins the maps again from the daemon's handles and attaches again,
+// keeping the connection table.
+func (d *Daemon) watchAttachment(ctx context.Context) {
+	var lastErr string
+	var nextRepin time.Time
+	backoff := time.Second
+	every(ctx, time.Second, func() {
+		_, err := d.parts.attached()
+		msg := ""
+		if err != nil {
+			msg = err.Error()
+		}
+		if msg != lastErr {
+			if err != nil {
+				d.log.Error("the program is not attached as it should be: `xdplb check` fails until it is", "reason", msg)
+			} else {
+				d.log.Info("the program is attached again")
+			}
+			lastErr = msg
+		}
+		switch {
+		case err == nil:
+			backoff = time.Second
+		case errors.Is(err, loader.ErrPinsGone) && d.parts.repin != nil && !time.Now().Before(nextRepin):
+			att, rerr := d.parts.repin()
+			if rerr != nil {
+				d.log.Error("pin the instance again", "err", rerr, "retry_in", backoff)
+				nextRepin = time.Now().Add(backoff)
+				backoff = min(2*backoff, 30*time.Second)
+				return
+			}
+			d.setAttachment(att)
+			d.log.Warn("the instance's pins were gone: pinned its maps again and attached the program again (flow table kept)",
+				"attachment", att.String())
+		case d.parts.link != nil:
+			if up, _, _ := d.parts.link.LinkState(); up && d.parts.link.lastIndex() != d.attachment().Ifindex && !time.Now().Before(nextRepin) {
+				nextRepin = time.Now().Add(backoff)
+				backoff = min(2*backoff, 30*time.Second)
+				d.reattach("interface recreated (retry)")
+			}
+		}
+	})
+}
