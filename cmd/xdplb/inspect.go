@@ -45,8 +45,25 @@ func cmdStatus(e env, args []string) error {
 	if att.Reason != "" {
 		printf(e.stdout, "  %s\n", att.Reason)
 	}
-	printf(e.stdout, "snat ports %s; checks: %s from %s; flows: %d established entries, %d half-open\n\n",
+	printf(e.stdout, "snat ports %s; checks: %s from %s; flows: %d established entries, %d half-open\n",
 		st.SNATPorts, st.Check, st.CheckSource, st.Flows["flows"], st.Flows["half_open"])
+	tb := st.Table
+	perClient := "no per-client cap"
+	if tb.MaxPerClient > 0 {
+		perClient = fmt.Sprintf("at most %d per client", tb.MaxPerClient)
+	}
+	printf(e.stdout, "connections: %d live of %d (%s); refused: table full %d, client limit %d, no backend %d\n",
+		tb.Live, tb.Capacity, perClient, st.Counters["reset_table_full"], st.Counters["reset_client_limit"], st.Counters["reset_no_backend"])
+	if tb.Refusing {
+		printf(e.stdout, "  TABLE FULL: new connections are refused with a RST (established ones are kept)\n")
+	}
+	if !st.LinkUp {
+		printf(e.stdout, "  %s IS DOWN: health checks are not counted until it is back (backends keep their state)\n", st.Iface)
+	}
+	if st.LocalFaults > 0 {
+		printf(e.stdout, "  %d health checks not counted (this node's own faults)\n", st.LocalFaults)
+	}
+	printf(e.stdout, "daemon: %d of %d file descriptors\n\n", st.FDs, st.FDLimit)
 	tw := tabwriter.NewWriter(e.stdout, 0, 2, 2, ' ', 0)
 	fmt.Fprintln(tw, "BACKEND\tSTATE\tWEIGHT\tCONNS\tNEW\tPACKETS\tBYTES\tCHECK\tLAST CHECK")
 	for _, b := range st.Backends {
@@ -71,13 +88,17 @@ func cmdCheck(e env, args []string) error {
 	var c common
 	fs := newFlagSet(e, "check", &c)
 	quiet := fs.BoolP("quiet", "q", false, "print nothing")
+	backends := fs.Bool("backends", false, "also fail when no backend can take new connections (every one down or drained), saying why")
 	if err := parse(fs, args); err != nil {
 		if err == errHelp {
 			return nil
 		}
 		return err
 	}
-	resp, err := daemon.Call(c.instance, daemon.Request{Cmd: "check"})
+	if fs.NArg() > 0 {
+		return usageError("check takes no arguments, got %q", fs.Args())
+	}
+	resp, err := daemon.Call(c.instance, daemon.Request{Cmd: "check", Backends: *backends})
 	if err == nil && !resp.OK {
 		err = fmt.Errorf("check: %s", resp.Error)
 	}

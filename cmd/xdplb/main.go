@@ -41,7 +41,9 @@ const usage = `xdplb: an eBPF/XDP load balancer for the K3s API servers
 usage:
   xdplb run     --iface eth1 --vip 10.10.10.100 --backend 10.10.10.50 ... [flags]
   xdplb status  [--instance NAME] [--json]
-  xdplb check   [--instance NAME]        exit 0 iff the daemon runs, the program is attached and a backend is up
+  xdplb check   [--instance NAME] [--backends]
+                exit 0 iff the daemon runs and its program is attached (this node forwards);
+                --backends: and a backend can take new connections (else says why)
   xdplb backend drain|enable|weight ADDR [N] [--instance NAME]
   xdplb flows   [--instance NAME] [--backend ADDR] [--json]
   xdplb detach  [--instance NAME]        stop the daemon, remove the program, pins and state
@@ -76,6 +78,12 @@ func xdplb(e env, args []string) error {
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	go func() {
+		// The first signal asks for an orderly stop; a second one ends the
+		// process at once.
+		<-ctx.Done()
+		stop()
+	}()
 	err := xdplb(env{ctx: ctx, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}, os.Args[1:])
 	if err == nil {
 		return

@@ -60,6 +60,13 @@ func TestRunRefusesBadInput(t *testing.T) {
 		{"vip is a backend", []string{"run", "--iface", "eth1", "--vip", "10.10.10.100", "--backend", "10.10.10.100"}, 1, "is the vip"},
 		{"explicit config missing", good, 1, "none.yaml"},
 		{"unknown config key", []string{"run", "--config", unknownKey}, 1, `"backend-port"`},
+		{"inter 1ns", []string{"run", "--iface", "eth1", "--vip", "10.10.10.100", "--backend", "10.10.10.50", "--inter", "1ns"}, 1, "inter 1ns: want 100ms to 1h"},
+		{"established-timeout 1ns", []string{"run", "--iface", "eth1", "--vip", "10.10.10.100", "--backend", "10.10.10.50", "--established-timeout", "1ns"}, 1, "established-timeout 1ns: want 10s to 168h"},
+		{"check-timeout 1ns", []string{"run", "--iface", "eth1", "--vip", "10.10.10.100", "--backend", "10.10.10.50", "--check-timeout", "1ns"}, 1, "timeout 1ns: want 10ms to 1m"},
+		{"max-conns too small", []string{"run", "--iface", "eth1", "--vip", "10.10.10.100", "--backend", "10.10.10.50", "--max-conns", "3"}, 1, "max-conns 3: want 16 to 4194304"},
+		{"per-client cap above the table", []string{"run", "--iface", "eth1", "--vip", "10.10.10.100", "--backend", "10.10.10.50", "--max-conns", "100", "--max-conns-per-client", "200"}, 1, "max-conns-per-client 200"},
+		{"config is /dev/zero", []string{"run", "--config", "/dev/zero"}, 1, "not a regular file (a character device)"},
+		{"check with an argument", []string{"check", "backends"}, 2, "takes no arguments"},
 		{"backend subcommand usage", []string{"backend", "drain"}, 2, "usage"},
 		{"backend weight not a number", []string{"backend", "weight", "10.10.10.50", "heavy"}, 2, "not a number"},
 	}

@@ -40,6 +40,8 @@ func cmdRun(e env, args []string) error {
 	snat := fset.String("snat-ports", "", "SNAT source port range LO-HI (default: chosen from the frontend kind)")
 	metrics := fset.String("metrics-addr", config.DefaultMetricsAddr, "Prometheus metrics listen address (empty: no metrics)")
 	idle := fset.Duration("established-timeout", 0, "idle timeout of established connections")
+	maxConns := fset.Uint32("max-conns", 0, "connections the connection table holds (0: 131072); when full, new ones are refused with a RST")
+	maxPerClient := fset.Uint32("max-conns-per-client", 0, "established connections one client address may hold (0: no cap)")
 	verbose := fset.Bool("verbose", false, "print verifier logs whole, and debug logs")
 	noLink := fset.Bool("no-bpf-link", false, "attach through netlink/clsact even where bpf_link exists")
 	if err := parse(fset, args); err != nil {
@@ -120,6 +122,8 @@ func cmdRun(e env, args []string) error {
 		}},
 		{"metrics-addr", str(&cfg.MetricsAddr, *metrics)},
 		{"established-timeout", dur(&cfg.EstablishedTimeout, *idle)},
+		{"max-conns", func() error { cfg.MaxConns = *maxConns; return nil }},
+		{"max-conns-per-client", func() error { cfg.MaxConnsPerClient = *maxPerClient; return nil }},
 	}
 	for _, s := range steps {
 		if err := set(s.name, s.apply); err != nil {
