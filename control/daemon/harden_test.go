@@ -312,6 +312,14 @@ func TestOwnFaultsDoNotMarkDown(t *testing.T) {
 		if st := r.d.status(); st.LinkUp || st.LocalFaults == 0 {
 			t.Fatalf("status with the link down: link_up=%v, %d checks not counted", st.LinkUp, st.LocalFaults)
 		}
+		// The node still forwards its flows; it reaches no backend, so
+		// `check --backends` lowers its priority for a peer that does.
+		if resp := r.d.handle(Request{Cmd: "check"}); !resp.OK {
+			t.Fatalf("check with the link down: %+v", resp)
+		}
+		if resp := r.d.handle(Request{Cmd: "check", Backends: true}); resp.OK || !strings.Contains(resp.Error, "10.10.10.50:6443 UP but not reachable from this node") {
+			t.Fatalf("check --backends with the link down: %+v", resp)
+		}
 		lw.observe(true, 2, true, time.Now())
 		for _, s := range []netip.AddrPort{s1, s2} {
 			r.checker.set(s, nil)

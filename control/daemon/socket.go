@@ -112,10 +112,18 @@ type BackendStatus struct {
 	Refused     bool    `json:"refused"`
 	// Drained by the operator (weight 0 shows as DRAIN too).
 	Drained bool `json:"drained,omitempty"`
+	// Unreachable: its last check failed because of this node (out of
+	// descriptors, no route, link down): it keeps its state, but this
+	// node cannot reach it now.
+	Unreachable bool `json:"unreachable,omitempty"`
 }
 
-// noBackendWhy says why no backend can take a new connection, or "" when
-// one can.
+// noBackendWhy says why this node sees no backend that can take a new
+// connection, or "" when it sees one: up, not drained, of a weight above
+// 0, and reached by its last check (a backend this node cannot reach now,
+// its own fault, keeps its state but does not count here: `check
+// --backends` then lowers this node's VRRP priority so that a peer that
+// reaches the servers takes the VIP).
 func noBackendWhy(bs []BackendStatus) string {
 	if len(bs) == 0 {
 		return "no backend configured"
@@ -123,8 +131,10 @@ func noBackendWhy(bs []BackendStatus) string {
 	var why []string
 	for _, b := range bs {
 		switch {
-		case b.State == StateUp:
+		case b.State == StateUp && !b.Unreachable:
 			return ""
+		case b.State == StateUp:
+			why = append(why, fmt.Sprintf("%s UP but not reachable from this node (%s)", b.Addr, b.Health))
 		case b.State == StateDown:
 			why = append(why, fmt.Sprintf("%s DOWN (%s)", b.Addr, b.Health))
 		case b.Drained:
@@ -361,6 +371,7 @@ func (d *Daemon) status() Status {
 		bs.Drained = b.Drained
 		if ms, ok := d.mon.Status(b.Addr.String()); ok {
 			bs.Health = ms.Line
+			bs.Unreachable = ms.LocalFault
 		}
 		if c, err := d.parts.dp.BackendCounters(b.ID); err == nil {
 			bs.Packets, bs.Bytes, bs.NewFlows = c.Packets, c.Bytes, c.NewFlows

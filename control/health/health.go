@@ -118,6 +118,9 @@ type Health struct {
 	// flipped says the last observation changed the state.
 	flipped bool
 	hinted  bool
+	// local: the last check was a LocalFault: this node could not reach
+	// the backend, whatever its state.
+	local bool
 }
 
 // NewHealth returns the state of a backend not checked yet. params should
@@ -198,6 +201,7 @@ type Verdict struct {
 // reports what changed, and clears any pending hint.
 func (h *Health) Observe(o Outcome, detail string) (v Verdict) {
 	h.hinted = false
+	h.local = o == LocalFault
 	if o == LocalFault {
 		// Not evidence either way: the counters, and the state, stay.
 		h.detail = "not counted, this node's fault: " + detail
@@ -244,6 +248,10 @@ func (h *Health) Observe(o Outcome, detail string) (v Verdict) {
 // ConnectionsKept reports whether the backend is down with its
 // connections left alone (see Verdict.KeepConnections).
 func (h *Health) ConnectionsKept() bool { return h.connsKept }
+
+// LocalFault reports whether the last check was this node's fault: the
+// backend keeps its state, but this node cannot reach it now.
+func (h *Health) LocalFault() bool { return h.local }
 
 // Up reports whether the backend is up: in the table, taking new flows.
 func (h *Health) Up() bool { return h.up }

@@ -26,6 +26,8 @@ type Status struct {
 	Detail    string
 	// Line is the log line, as Health.Describe returns it.
 	Line string
+	// LocalFault: the last check was this node's fault (see LocalFault).
+	LocalFault bool
 }
 
 // Event is one check's result and what it decided, as a Monitor reports it
@@ -170,7 +172,7 @@ func (b *watchedBackend) status() Status {
 	h := b.health
 	return Status{
 		Key: b.key, Up: h.Up(), Successes: h.Successes(), Failures: h.Failures(),
-		Detail: h.Detail(), Line: h.Describe(b.key),
+		Detail: h.Detail(), Line: h.Describe(b.key), LocalFault: h.LocalFault(),
 	}
 }
 
