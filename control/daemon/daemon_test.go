@@ -291,7 +291,7 @@ func TestControlSocket(t *testing.T) {
 		t.Fatalf("check with no backend taking connections: %+v; want ok, the node still forwards", resp)
 	}
 	resp := call(Request{Cmd: "check", Backends: true})
-	if want := "no backend can take new connections: 10.10.10.50:6443 DOWN (backend 10.10.10.50:6443 UP: "; resp.OK || !strings.HasPrefix(resp.Error, want) ||
+	if want := "no backend can take new connections: 10.10.10.50:6443 DOWN (check ok (0/3)); "; resp.OK || !strings.HasPrefix(resp.Error, want) ||
 		!strings.HasSuffix(resp.Error, "10.10.10.52:6443 DRAIN (drained by the operator)") {
 		t.Fatalf("check --backends with every backend down or drained: %+v", resp)
 	}

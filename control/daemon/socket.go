@@ -130,13 +130,17 @@ func noBackendWhy(bs []BackendStatus) string {
 	}
 	var why []string
 	for _, b := range bs {
+		health := b.Health // "backend ADDR STATE: detail (n/m)"
+		if i := strings.Index(health, ": "); i >= 0 {
+			health = health[i+2:]
+		}
 		switch {
 		case b.State == StateUp && !b.Unreachable:
 			return ""
 		case b.State == StateUp:
-			why = append(why, fmt.Sprintf("%s UP but not reachable from this node (%s)", b.Addr, b.Health))
+			why = append(why, fmt.Sprintf("%s UP but not reachable from this node (%s)", b.Addr, health))
 		case b.State == StateDown:
-			why = append(why, fmt.Sprintf("%s DOWN (%s)", b.Addr, b.Health))
+			why = append(why, fmt.Sprintf("%s DOWN (%s)", b.Addr, health))
 		case b.Drained:
 			why = append(why, b.Addr+" DRAIN (drained by the operator)")
 		default:

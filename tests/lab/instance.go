@@ -34,6 +34,9 @@ type InstanceConfig struct {
 	// ReadyTimeout bounds how long Start waits for `xdplb check` to
 	// pass; zero means 10 s.
 	ReadyTimeout time.Duration
+	// Wrap, if set, rewrites the daemon's command line (argv[0] is the
+	// binary) before it starts, e.g. to prepend prlimit.
+	Wrap func(argv []string) []string
 }
 
 const (
@@ -162,7 +165,11 @@ func (in *Instance) StartBin(bin string) error {
 	}
 	in.Bin = bin
 	in.mu.Unlock()
-	p, err := in.Host.Start(bin, in.RunArgs()...)
+	argv := append([]string{bin}, in.RunArgs()...)
+	if in.Config.Wrap != nil {
+		argv = in.Config.Wrap(argv)
+	}
+	p, err := in.Host.Start(argv[0], argv[1:]...)
 	if err != nil {
 		return err
 	}
