@@ -76,7 +76,7 @@ type parts struct {
 
 // linkSettle is how long after its interface comes back a failed check
 // is still the node's fault (neighbours and routes being rebuilt).
-const linkSettle = time.Second
+const linkSettle = 2 * time.Second
 
 // Daemon is a running instance.
 type Daemon struct {

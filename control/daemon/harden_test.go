@@ -156,6 +156,16 @@ func TestDetachSparesAStoppedDaemon(t *testing.T) {
 	if _, err := os.Stat(SocketPath("stopped")); err != nil {
 		t.Fatalf("detach removed the stopped daemon's socket: %v", err)
 	}
+	// What waits in the socket for the daemon to resume must not stop it.
+	conn, err := cs.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var queued Request
+	if err := json.NewDecoder(conn).Decode(&queued); err != nil || queued.Cmd != "status" {
+		t.Fatalf("detach left %+v (%v) waiting for the stopped daemon; want a harmless status", queued, err)
+	}
+	conn.Close()
 	// The daemon is gone (its lock released): detach cleans up.
 	cs.Listener.Close()
 	lock.release()

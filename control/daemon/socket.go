@@ -463,6 +463,9 @@ func Shutdown(instance string, wait time.Duration) error {
 	return nil
 }
 
+// detachProbe is how long detach waits for a daemon's answer.
+var detachProbe = 5 * time.Second
+
 // Detach stops the instance's daemon if one runs, then removes its
 // program from every interface, its pins and its state. It reports
 // whether it stopped a daemon.
@@ -478,9 +481,15 @@ func Detach(bpffs, instance string) (stopped bool, err error) {
 	l, err := lockInstance(instance)
 	var re *RunningError
 	if errors.As(err, &re) {
-		if _, cerr := call(instance, Request{Cmd: "shutdown"}, 5*time.Second); cerr != nil {
+		// A harmless question first: a request to a stopped daemon waits
+		// in its socket and is answered when it resumes, and a shutdown
+		// waiting there would stop it then.
+		if _, cerr := call(instance, Request{Cmd: "status"}, detachProbe); cerr != nil {
 			return false, fmt.Errorf("the daemon of instance %q (%s) holds its lock but does not answer (%v): nothing was removed; "+
 				"resume it (kill -CONT) or stop it (kill) and run detach again", instance, holderString(instance), cerr)
+		}
+		if _, cerr := call(instance, Request{Cmd: "shutdown"}, detachProbe); cerr != nil {
+			return false, fmt.Errorf("stop the daemon of instance %q: %w", instance, cerr)
 		}
 		if l, err = waitUnlocked(instance, 10*time.Second); err != nil {
 			return false, fmt.Errorf("the daemon of instance %q did not stop within 10s: %w", instance, err)
