@@ -66,3 +66,15 @@ func NextGC(p Pressure, normal time.Duration) time.Duration {
 	}
 	return normal
 }
+
+// GCDue says whether the GC must run now rather than at its next interval,
+// from what the data path counted since the last one (counters are cheap
+// to read every second; a pass over the table is not): enough new
+// connections that the table may be half full, or a refusal because it
+// was full.
+func GCDue(last Pressure, newFlowsSince, refusedFullSince uint64) bool {
+	if refusedFullSince > 0 {
+		return true
+	}
+	return uint64(last.Entries)+2*newFlowsSince >= uint64(last.Capacity)
+}

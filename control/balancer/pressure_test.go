@@ -156,3 +156,20 @@ func TestBalancerGCRewritesClientCounts(t *testing.T) {
 		t.Fatalf("client counts %v; want %s: 3, %s: 1 (its closing connection not counted), %s gone", got, a, c, gone)
 	}
 }
+
+func TestGCDue(t *testing.T) {
+	last := Pressure{Capacity: 100, Entries: 40, Live: 20}
+	for _, tc := range []struct {
+		newFlows, refused uint64
+		want              bool
+	}{
+		{0, 0, false},
+		{29, 0, false},
+		{30, 0, true}, // 40 + 60 entries: half the table's 200
+		{0, 1, true},
+	} {
+		if got := GCDue(last, tc.newFlows, tc.refused); got != tc.want {
+			t.Errorf("GCDue(%+v, %d new, %d refused) = %v, want %v", last, tc.newFlows, tc.refused, got, tc.want)
+		}
+	}
+}

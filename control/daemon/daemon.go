@@ -410,23 +410,49 @@ func every(ctx context.Context, interval time.Duration, fn func()) {
 	}
 }
 
-// gcLoop runs the flow GC every gc-interval, and every second while the
-// connection table is under pressure (balancer.NextGC).
+// gcLoop runs the flow GC every gc-interval, every second while the
+// connection table is under pressure (balancer.NextGC), and at once when
+// the data path's counters say the table may be filling
+// (balancer.GCDue): they are read every second.
 func (d *Daemon) gcLoop(ctx context.Context) {
 	interval := d.cfg.GCInterval
 	if interval <= 0 {
 		interval = config.DefaultGCInterval
 	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
 	for {
 		res := d.gc()
-		timer := time.NewTimer(balancer.NextGC(res.Pressure, interval))
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return
-		case <-timer.C:
+		last := time.Now()
+		base := d.counters(bpf.StatNewFlow, bpf.StatResetTableFull)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			now := d.counters(bpf.StatNewFlow, bpf.StatResetTableFull)
+			if time.Since(last) >= balancer.NextGC(res.Pressure, interval) ||
+				balancer.GCDue(res.Pressure, now[0]-base[0], now[1]-base[1]) {
+				break
+			}
 		}
 	}
+}
+
+// counters reads data path counters (0 where they cannot be read).
+func (d *Daemon) counters(which ...bpf.Stat) []uint64 {
+	out := make([]uint64, len(which))
+	stats, err := d.parts.dp.Stats()
+	if err != nil {
+		return out
+	}
+	for i, s := range which {
+		if int(s) < len(stats) {
+			out[i] = stats[s]
+		}
+	}
+	return out
 }
 
 func (d *Daemon) gc() balancer.GCResult {
@@ -456,13 +482,7 @@ func (d *Daemon) gc() balancer.GCResult {
 	return res
 }
 
-func (d *Daemon) counter(s bpf.Stat) uint64 {
-	stats, err := d.parts.dp.Stats()
-	if err != nil || int(s) >= len(stats) {
-		return 0
-	}
-	return stats[s]
-}
+func (d *Daemon) counter(s bpf.Stat) uint64 { return d.counters(s)[0] }
 
 func (d *Daemon) resolveLoop(ctx context.Context) { every(ctx, time.Second, d.resolveOnce) }
 

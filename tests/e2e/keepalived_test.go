@@ -16,9 +16,9 @@ import (
 )
 
 // keepalivedConf renders the repo's sample packaging/keepalived.conf for
-// one LB of this test: its state and priority, and a track script that
-// checks this LB's own xdplb instance (never a process name: every
-// namespace shares one PID namespace).
+// one LB of this test: its state, and track scripts that check this LB's
+// own xdplb instance (never a process name: every namespace shares one
+// PID namespace).
 func keepalivedConf(t *testing.T, c *cluster, lb *testnet.Host, master bool) string {
 	t.Helper()
 	sample, err := os.ReadFile("../../packaging/keepalived.conf")
@@ -27,14 +27,21 @@ func keepalivedConf(t *testing.T, c *cluster, lb *testnet.Host, master bool) str
 	}
 	conf := string(sample)
 	in := c.lbs[lb]
-	check := fmt.Sprintf("%s check --quiet --instance %s --bpffs %s", in.Bin, in.Name, in.BPFFS)
-	conf = strings.Replace(conf, `script "/usr/local/bin/xdplb check --quiet"`, fmt.Sprintf("script %q", check), 1)
+	for _, script := range []struct{ sample, args string }{
+		{`script "/usr/local/bin/xdplb check --quiet"`, "check --quiet"},
+		{`script "/usr/local/bin/xdplb check --backends --quiet"`, "check --backends --quiet"},
+	} {
+		line := fmt.Sprintf("script %q", fmt.Sprintf("%s %s --instance %s --bpffs %s", in.Bin, script.args, in.Name, in.BPFFS))
+		if !strings.Contains(conf, script.sample) {
+			t.Fatalf("sample keepalived.conf no longer has the track script line this test rewrites: %s", script.sample)
+		}
+		conf = strings.Replace(conf, script.sample, line, 1)
+	}
 	if !master {
 		conf = strings.Replace(conf, "state MASTER", "state BACKUP", 1)
-		conf = strings.Replace(conf, "priority 200", "priority 100", 1)
 	}
-	if !strings.Contains(conf, check) {
-		t.Fatal("sample keepalived.conf no longer has the track script line this test rewrites")
+	if !strings.Contains(conf, "priority 100") || !strings.Contains(conf, "weight -50") {
+		t.Fatal("sample keepalived.conf: want priority 100 on both nodes and the backends check weighted -50")
 	}
 	path := filepath.Join(t.TempDir(), "keepalived.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
@@ -131,11 +138,29 @@ func (p *prober) Stop() (ok, failed int64) {
 	return p.ok.Load(), p.failed.Load()
 }
 
-// Scenario 8: the guide's keepalived on lb-1 (MASTER, 200) and lb-2
-// (BACKUP, 100) with `xdplb check` as the track script. Killing lb-1's
-// daemon, or taking all its backends away, moves the VIP to lb-2 within
-// 4 s and new connections work through it; when lb-1 recovers, preemption
-// brings the VIP back and that works too.
+// stays asserts the VIP stays on lb, alone, for d.
+func stays(t *testing.T, c *cluster, lb *testnet.Host, d time.Duration, why string) {
+	t.Helper()
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if !hasVIP(t, lb) {
+			t.Fatalf("%s: the VIP left %s", why, lb.Name)
+		}
+		for _, other := range c.LBs {
+			if other != lb && hasVIP(t, other) {
+				t.Fatalf("%s: the VIP is on %s too", why, other.Name)
+			}
+		}
+	}
+}
+
+// Scenario 8: the sample keepalived.conf on lb-1 (MASTER) and lb-2
+// (BACKUP), both priority 100, with `xdplb check` unweighted and `xdplb
+// check --backends` weighted -50 as track scripts. Killing the master's
+// daemon moves the VIP within 4 s (FAULT); when it comes back, the tie
+// keeps the VIP where it is. The master losing every backend lowers its
+// priority: the VIP moves to the LB that reaches them; when every LB has
+// lost them, the VIP stays where it is (never dropped because of the
+// backends).
 func TestKeepalivedFailover(t *testing.T) {
 	for _, h := range hookCases {
 		t.Run(h.name, func(t *testing.T) {
@@ -143,11 +168,14 @@ func TestKeepalivedFailover(t *testing.T) {
 			lb1, lb2 := c.LB(1), c.LB(2)
 			c.startLB(lb1)
 			c.startLB(lb2)
+			// lb-1 first: with equal priorities, a tie at the first
+			// election would go to the higher address (lb-2).
 			startKeepalived(t, c, lb1, true)
-			startKeepalived(t, c, lb2, false)
 			waitVIP(t, c, lb1, 15*time.Second)
-			// The first election may hand the VIP to lb-2 for a moment;
-			// wait until the agents' and servers' ARP caches follow lb-1
+			startKeepalived(t, c, lb2, false)
+			time.Sleep(3 * time.Second)
+			waitVIP(t, c, lb1, time.Second)
+			// Wait until the agents' and servers' ARP caches follow lb-1
 			// (five answers in a row) before measuring anything.
 			settled := 0
 			for deadline := time.Now().Add(15 * time.Second); settled < 5; {
@@ -168,15 +196,17 @@ func TestKeepalivedFailover(t *testing.T) {
 				t.Fatalf("through lb-1: %v", r)
 			}
 
-			failover := func(what string, fail func(), recover func()) {
+			// fail moves the VIP from one LB to the other within limit;
+			// recover brings the failed LB back, and the VIP stays.
+			move := func(what string, from, to *testnet.Host, limit time.Duration, fail, recover func()) {
 				sets := c.watch(9)
 				probe := startProber(c)
 				time.Sleep(300 * time.Millisecond)
 				fail()
-				took := waitVIP(t, c, lb2, 4*time.Second)
+				took := waitVIP(t, c, to, limit)
 				time.Sleep(time.Second)
 				if r := c.balance(30); r.Failures > 0 {
-					t.Fatalf("%s: new connections through lb-2 failed: %v", what, r)
+					t.Fatalf("%s: new connections through %s failed: %v", what, to.Name, r)
 				}
 				okN, failedN := probe.Stop()
 				broken := 0
@@ -185,41 +215,65 @@ func TestKeepalivedFailover(t *testing.T) {
 						broken++
 					}
 				}
-				t.Logf("REPORT: keepalived %s: VIP on lb-2 after %s; probe connections during the move: %d ok, %d failed; streams broken: %d/9 (no flow sync yet)",
-					what, took.Round(time.Millisecond), okN, failedN, broken)
 				for _, ws := range sets {
 					ws.Stop()
 				}
-
-				probe = startProber(c)
+				t.Logf("REPORT: keepalived %s: VIP on %s after %s; probe connections during the move: %d ok, %d failed; streams broken: %d/9 (no flow sync yet)",
+					what, to.Name, took.Round(time.Millisecond), okN, failedN, broken)
 				recover()
-				back := waitVIP(t, c, lb1, 10*time.Second)
-				time.Sleep(time.Second)
+				// A tie: the VIP stays where it is (rise 2 x interval 1s,
+				// then several adverts).
+				stays(t, c, to, 5*time.Second, what+", recovered")
 				if r := c.balance(30); r.Failures > 0 {
-					t.Fatalf("%s: after preemption back to lb-1: %v", what, r)
+					t.Fatalf("%s: after %s recovered: %v", what, from.Name, r)
 				}
-				okN, failedN = probe.Stop()
-				t.Logf("REPORT: keepalived %s: recovered, VIP back on lb-1 after %s; probes %d ok, %d failed",
-					what, back.Round(time.Millisecond), okN, failedN)
 			}
-
-			failover("daemon killed",
-				func() { c.lbs[lb1].Kill() },
-				func() { c.startLB(lb1) })
-
-			blackholes := func(op string) {
+			blackholes := func(lb *testnet.Host, op string) {
 				for i := 1; i <= 3; i++ {
 					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-					out, err := lb1.Exec(ctx, "ip", "route", op, "blackhole", testnet.ServerAddr(i).String()+"/32")
+					out, err := lb.Exec(ctx, "ip", "route", op, "blackhole", testnet.ServerAddr(i).String()+"/32")
 					cancel()
 					if err != nil {
-						t.Fatalf("ip route %s: %v %s", op, err, out)
+						t.Fatalf("ip route %s on %s: %v %s", op, lb.Name, err, out)
 					}
 				}
 			}
-			failover("all backends unreachable from lb-1",
-				func() { blackholes("add") },
-				func() { blackholes("del") })
+
+			move("lb-1's daemon killed", lb1, lb2, 4*time.Second,
+				func() { c.lbs[lb1].Kill() },
+				func() { c.startLB(lb1) })
+			// Backends down (fall x inter), the script failing twice (2 s),
+			// then the backup's master-down interval (3 adverts and skew).
+			move("every backend unreachable from lb-2", lb2, lb1, fall*inter+8*time.Second,
+				func() {
+					blackholes(lb2, "add")
+					// lb-2 still forwards: it loses priority, not the VIP
+					// by a fault.
+					if out, err := c.xdplb(lb2, "check"); err != nil {
+						t.Errorf("check on lb-2 without backends: %v %s", err, out)
+					}
+				},
+				func() { blackholes(lb2, "del") })
+
+			// Every LB loses every backend: the VIP stays where it is.
+			blackholes(lb1, "add")
+			blackholes(lb2, "add")
+			deadline := time.Now().Add(fall*inter + 4*time.Second)
+			for {
+				_, err1 := c.xdplb(lb1, "check", "--backends")
+				_, err2 := c.xdplb(lb2, "check", "--backends")
+				if err1 != nil && err2 != nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatal("check --backends still passes with every backend unreachable")
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			stays(t, c, lb1, 5*time.Second, "every backend unreachable from both LBs")
+			blackholes(lb1, "del")
+			blackholes(lb2, "del")
+			t.Log("REPORT: keepalived: every backend unreachable from both LBs: the VIP stayed on lb-1")
 		})
 	}
 }
