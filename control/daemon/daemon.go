@@ -96,6 +96,10 @@ type Daemon struct {
 	attMu sync.Mutex
 	att   loader.Attachment // as last attached
 
+	reattachMu      sync.Mutex
+	reattachAt      time.Time // no attempt before
+	reattachBackoff time.Duration
+
 	gcMu      sync.Mutex
 	lastGC    balancer.GCResult
 	reclaimed int // connections reclaimed, total

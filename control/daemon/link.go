@@ -99,57 +99,65 @@ func (w *linkWatch) poll() (linkChange, error) {
 }
 
 // run follows the interface until ctx ends: netlink link notifications,
-// and a poll every second in case one was lost (the subscription is made
-// again when it breaks). onChange is called with every change.
+// and a poll every second in case one was lost or the subscription broke
+// (it is made again, at most every 10 s). onChange is called with every
+// observation that changed something.
 func (w *linkWatch) run(ctx context.Context, log *slog.Logger, onChange func(linkChange)) error {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	for ctx.Err() == nil {
-		updates := make(chan netlink.LinkUpdate, 64)
-		done := make(chan struct{})
-		err := netlink.LinkSubscribeWithOptions(updates, done, netlink.LinkSubscribeOptions{
-			ErrorCallback: func(err error) { log.Debug("link notifications", "err", err) },
-		})
-		if err != nil {
-			log.Warn("subscribe to link notifications; polling every second", "err", err)
-			updates = nil
+	var (
+		updates chan netlink.LinkUpdate
+		done    chan struct{}
+		retry   time.Time
+	)
+	unsubscribe := func() {
+		if done != nil {
+			close(done)
 		}
-	events:
-		for {
-			select {
-			case <-ctx.Done():
-				close(done)
-				return nil
-			case u, ok := <-updates:
-				if !ok {
-					break events // subscription broken: make it again
-				}
-				if u.Attrs().Name != w.name && u.Attrs().Index != w.lastIndex() {
-					continue
-				}
-			case <-tick.C:
-				if updates == nil {
-					break events
-				}
-			}
-			// The notification says something happened; netlink says what
-			// the state is now (a deletion notification carries the old
-			// state, a rename the new name).
-			ch, err := w.poll()
-			if err != nil {
-				log.Debug("link state", "err", err)
-				continue
-			}
+		updates, done = nil, nil
+	}
+	defer unsubscribe()
+	look := func() {
+		// A notification says something happened; netlink says what the
+		// state is now (a deletion carries the old state, a rename the
+		// new name).
+		ch, err := w.poll()
+		if err != nil {
+			log.Debug("link state", "err", err)
+			return
+		}
+		if ch.any() || ch.Index != 0 {
 			onChange(ch)
 		}
-		close(done)
+	}
+	for {
+		if updates == nil && !time.Now().Before(retry) {
+			u, d := make(chan netlink.LinkUpdate, 64), make(chan struct{})
+			err := netlink.LinkSubscribeWithOptions(u, d, netlink.LinkSubscribeOptions{
+				ErrorCallback: func(err error) { log.Debug("link notifications", "err", err) },
+			})
+			if err != nil {
+				log.Warn("subscribe to link notifications; polling every second", "err", err)
+				retry = time.Now().Add(10 * time.Second)
+			} else {
+				updates, done = u, d
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(time.Second):
+		case u, ok := <-updates:
+			if !ok {
+				unsubscribe() // broken: made again at the next tick
+				continue
+			}
+			if u.Attrs().Name != w.name && u.Attrs().Index != w.lastIndex() {
+				continue
+			}
+		case <-tick.C:
 		}
+		look()
 	}
-	return nil
 }
 
 func (w *linkWatch) lastIndex() int {
@@ -180,22 +188,31 @@ func (d *Daemon) onLink(ch linkChange) {
 }
 
 // reattach attaches the program again, e.g. to an interface made again.
+// A failure is retried at the next call, after a backoff of 1 s doubling
+// to 30 s.
 func (d *Daemon) reattach(why string) {
 	if d.parts.reattach == nil {
 		return
 	}
-	att, err := d.parts.reattach()
-	if err != nil {
-		d.log.Error("attach the program again", "why", why, "err", err)
+	d.reattachMu.Lock()
+	defer d.reattachMu.Unlock()
+	if time.Now().Before(d.reattachAt) {
 		return
 	}
+	att, err := d.parts.reattach()
+	if err != nil {
+		d.reattachBackoff = min(max(2*d.reattachBackoff, time.Second), 30*time.Second)
+		d.reattachAt = time.Now().Add(d.reattachBackoff)
+		d.log.Error("attach the program again", "why", why, "err", err, "retry_in", d.reattachBackoff)
+		return
+	}
+	d.reattachBackoff, d.reattachAt = 0, time.Time{}
 	d.setAttachment(att)
 	d.log.Info("attached the program again (flow table kept)", "why", why, "attachment", att.String())
 }
 
 // watchAttachment checks every second that the program is attached, logs
-// when that changes, retries an attach to a recreated interface that
-// failed, and when the instance's pins are gone (bpffs unmounted, its
+// when that changes, and when the instance's pins are gone (bpffs unmounted, its
 // directory removed: with a pinned bpf_link the program went with them)
 // pins the maps again from the daemon's handles and attaches again,
 // keeping the connection table.
@@ -231,12 +248,6 @@ func (d *Daemon) watchAttachment(ctx context.Context) {
 			d.setAttachment(att)
 			d.log.Warn("the instance's pins were gone: pinned its maps again and attached the program again (flow table kept)",
 				"attachment", att.String())
-		case d.parts.link != nil:
-			if up, _, _ := d.parts.link.LinkState(); up && d.parts.link.lastIndex() != d.attachment().Ifindex && !time.Now().Before(nextRepin) {
-				nextRepin = time.Now().Add(backoff)
-				backoff = min(2*backoff, 30*time.Second)
-				d.reattach("interface recreated (retry)")
-			}
 		}
 	})
 }
