@@ -18,8 +18,8 @@ import (
 	"github.com/xdplb/xdplb/bpf/packet"
 	"github.com/xdplb/xdplb/control/daemon"
 	"github.com/xdplb/xdplb/tests/lab"
-	"github.com/xdplb/xdplb/tests/testnet"
 	"github.com/xdplb/xdplb/tests/testenv"
+	"github.com/xdplb/xdplb/tests/testnet"
 )
 
 // addHost adds a host to the cluster's wire with full checksums on send
@@ -332,4 +332,3 @@ func TestPathMTUDiscovery(t *testing.T) {
 		})
 	}
 }
-
