@@ -505,3 +505,32 @@ func TestICMPErrorsTranslated(t *testing.T) {
 		})
 	}
 }
+
+// TestSNATPortsInTurn: a SNAT port comes back only after the whole range
+// went round, even when the half-open entries that held the earlier ones
+// are gone (evicted under a SYN flood while the backend may still hold
+// their SYN_RECV): a new connection never lands on a port a backend may
+// still think is taken.
+func TestSNATPortsInTurn(t *testing.T) {
+	h := newHarness(t, Config{SNATLo: 30000, SNATHi: 30007}, threeServers[:1])
+	seen := map[uint16]bool{}
+	for i := range 8 {
+		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 20, 0, byte(i + 1)}), 40000)
+		syn := packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: src, Dst: frontend, Flags: packet.SYN, Seq: 1}
+		if r := h.run(h.xdp, syn.Frame()); r.verdict != xdpTX {
+			t.Fatalf("syn %d: %d %v", i, r.verdict, named(r.stats))
+		}
+		f, ok := h.flow(TableHalfOpen, Key(src, frontend))
+		if !ok {
+			t.Fatalf("syn %d: no half-open entry", i)
+		}
+		port := f.Src().Port()
+		if seen[port] {
+			t.Fatalf("port %d handed out twice within one round of the range: %v", port, seen)
+		}
+		seen[port] = true
+		// The flood evicts both entries.
+		h.maps.HalfOpen.Delete(Key(src, frontend))
+		h.maps.HalfOpen.Delete(f.Twin())
+	}
+}

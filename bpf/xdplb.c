@@ -326,8 +326,8 @@ static __always_inline int open_flow(void *ctx, const struct packet *p, const st
 	struct flow rev = {};
 	struct backend *be;
 	struct lb_control *ctl;
-	__u32 id, range, i, zero = 0;
-	__u32 *held;
+	__u32 id, range, i, next, zero = 0;
+	__u32 *held, *cursor;
 	__u16 port = 0;
 	int claimed = 0;
 
@@ -372,9 +372,15 @@ static __always_inline int open_flow(void *ctx, const struct packet *p, const st
 	rk.proto = IPPROTO_TCP;
 
 	range = (__u32)snat_port_hi - snat_port_lo + 1;
+	cursor = bpf_map_lookup_elem(&snat_cursor, &id);
+	if (!cursor)
+		return STAT_DROP_PORTS_EXHAUSTED;
+	if (*cursor == 0)
+		*cursor = bpf_get_prandom_u32() % range + 1;
 #pragma unroll
 	for (i = 0; i < SNAT_PORT_TRIES; i++) {
-		port = snat_port_lo + bpf_get_prandom_u32() % range;
+		next = (*cursor + i) % range;
+		port = snat_port_lo + next;
 		rk.dport = bpf_htons(port);
 		if (bpf_map_lookup_elem(&flows, &rk))
 			continue;
@@ -382,6 +388,7 @@ static __always_inline int open_flow(void *ctx, const struct packet *p, const st
 		/* NOEXIST makes the claim atomic against other CPUs. */
 		if (bpf_map_update_elem(&half_open, &rk, &rev, BPF_NOEXIST) == 0) {
 			claimed = 1;
+			*cursor = next + 1;
 			break;
 		}
 	}

@@ -148,6 +148,7 @@ const (
 	xdplbMapFlows                = "flows"
 	xdplbMapHalfOpen             = "half_open"
 	xdplbMapMaglev               = "maglev"
+	xdplbMapSnatCursor           = "snat_cursor"
 	xdplbMapStats                = "stats"
 	xdplbProgXdplbTc             = "xdplb_tc"
 	xdplbProgXdplbXdp            = "xdplb_xdp"
@@ -227,6 +228,7 @@ type xdplbMapSpecs struct {
 	Flows          *ebpf.MapSpec `ebpf:"flows"`
 	HalfOpen       *ebpf.MapSpec `ebpf:"half_open"`
 	Maglev         *ebpf.MapSpec `ebpf:"maglev"`
+	SnatCursor     *ebpf.MapSpec `ebpf:"snat_cursor"`
 	Stats          *ebpf.MapSpec `ebpf:"stats"`
 }
 
@@ -280,6 +282,7 @@ type xdplbMaps struct {
 	Flows          *ebpf.Map `ebpf:"flows"`
 	HalfOpen       *ebpf.Map `ebpf:"half_open"`
 	Maglev         *ebpf.Map `ebpf:"maglev"`
+	SnatCursor     *ebpf.Map `ebpf:"snat_cursor"`
 	Stats          *ebpf.Map `ebpf:"stats"`
 }
 
@@ -293,6 +296,7 @@ func (m *xdplbMaps) Close() error {
 		m.Flows,
 		m.HalfOpen,
 		m.Maglev,
+		m.SnatCursor,
 		m.Stats,
 	)
 }

@@ -74,6 +74,21 @@ struct {
 	__type(value, struct backend_counters);
 } backend_stats SEC(".maps");
 
+/* Per backend, the offset in the SNAT range to try next (0: not chosen
+ * yet). Ports are handed out in turn, not at random, so a port comes back
+ * only after the whole range went round: a backend that still holds state
+ * for a port's previous connection (a SYN_RECV left by a flood whose
+ * half-open entry we already evicted) is not asked to take a new one on it.
+ * Shared by the CPUs without atomics (5.4 has no fetching atomics): two
+ * CPUs that read the same offset race for the port, the loser takes the
+ * next one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XDPLB_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, __u32);
+} snat_cursor SEC(".maps");
+
 /* Established connections per client address, for the per-client limit.
  * The data path counts opens and the closes it sees; userspace rewrites
  * the exact counts at every flow GC. */

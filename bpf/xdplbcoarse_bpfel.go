@@ -82,6 +82,7 @@ const (
 	xdplbCoarseMapFlows                = "flows"
 	xdplbCoarseMapHalfOpen             = "half_open"
 	xdplbCoarseMapMaglev               = "maglev"
+	xdplbCoarseMapSnatCursor           = "snat_cursor"
 	xdplbCoarseMapStats                = "stats"
 	xdplbCoarseProgXdplbTc             = "xdplb_tc"
 	xdplbCoarseProgXdplbXdp            = "xdplb_xdp"
@@ -161,6 +162,7 @@ type xdplbCoarseMapSpecs struct {
 	Flows          *ebpf.MapSpec `ebpf:"flows"`
 	HalfOpen       *ebpf.MapSpec `ebpf:"half_open"`
 	Maglev         *ebpf.MapSpec `ebpf:"maglev"`
+	SnatCursor     *ebpf.MapSpec `ebpf:"snat_cursor"`
 	Stats          *ebpf.MapSpec `ebpf:"stats"`
 }
 
@@ -214,6 +216,7 @@ type xdplbCoarseMaps struct {
 	Flows          *ebpf.Map `ebpf:"flows"`
 	HalfOpen       *ebpf.Map `ebpf:"half_open"`
 	Maglev         *ebpf.Map `ebpf:"maglev"`
+	SnatCursor     *ebpf.Map `ebpf:"snat_cursor"`
 	Stats          *ebpf.Map `ebpf:"stats"`
 }
 
@@ -227,6 +230,7 @@ func (m *xdplbCoarseMaps) Close() error {
 		m.Flows,
 		m.HalfOpen,
 		m.Maglev,
+		m.SnatCursor,
 		m.Stats,
 	)
 }
