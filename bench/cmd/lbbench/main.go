@@ -292,14 +292,10 @@ func bench(c config) error {
 	if err := writeJSON(filepath.Join(c.out, "summary.json"), report.summaryOnly()); err != nil {
 		return err
 	}
-	if err := writeChart(filepath.Join(c.out, "chart.png"), report); err != nil {
-		return fmt.Errorf("chart: %w", err)
+	if err := writeOutputs(c, report); err != nil {
+		return err
 	}
-	if err := writeMarkdown(c.markdown, report, c.out); err != nil {
-		return fmt.Errorf("markdown: %w", err)
-	}
-	fmt.Println(report.table())
-	logf("done in %v: %s/results.json, summary.json, chart.png; %s", time.Since(began).Round(time.Second), c.out, c.markdown)
+	logf("done in %v: %s/results.json, summary.json, %s; %s", time.Since(began).Round(time.Second), c.out, chartFile, c.markdown)
 	return nil
 }
 
@@ -407,12 +403,22 @@ func render(c config) error {
 	if err := writeJSON(filepath.Join(c.out, "summary.json"), r.summaryOnly()); err != nil {
 		return err
 	}
-	if err := writeChart(filepath.Join(c.out, "chart.png"), &r); err != nil {
+	return writeOutputs(c, &r)
+}
+
+// writeOutputs writes the chart and the Markdown section of a summarized
+// report and prints its main table.
+func writeOutputs(c config, r *Report) error {
+	if err := writeChart(filepath.Join(c.out, chartFile), r); err != nil {
+		return fmt.Errorf("chart: %w", err)
+	}
+	if err := writeMarkdown(c.markdown, r, c.out); err != nil {
+		return fmt.Errorf("markdown: %w", err)
+	}
+	t, err := r.table()
+	if err != nil {
 		return err
 	}
-	if err := writeMarkdown(c.markdown, &r, c.out); err != nil {
-		return err
-	}
-	fmt.Println(r.table())
+	fmt.Println(t)
 	return nil
 }
