@@ -85,7 +85,8 @@ func run() int {
 	fs.DurationVar(&c.FloodTimeout, "flood-timeout", time.Second, "a legitimate connection not done within this during (and after) the flood counts as failed; 1 s: one that needed a SYN retransmission")
 	fs.DurationVar(&c.AfterFlood, "after-flood", 3*time.Second, "legitimate load starting 2 s after the flood ended (recovery)")
 	fs.BoolVar(&c.RSTClose, "rst-close", false, "agents close with RST instead of FIN in connrate")
-	fs.StringSliceVar(&c.Phases, "phases", []string{"rr", "connrate", "bulk", "flood"}, "phases to run (rr, connrate, bulk, flood)")
+	fs.StringSliceVar(&c.Phases, "phases", phaseFlags(), "phases to run ("+strings.Join(phaseFlags(), ", ")+"; --list-phases shows what each runs)")
+	listPhases := fs.Bool("list-phases", false, "print the phases each load balancer goes through, as a table, and exit")
 	fs.BoolVar(&c.Pin, "pin", false, "pin the agents to CPU 0 and the sinks to the last CPU")
 	fs.BoolVar(&c.GROBulk, "gro-bulk", true, "also measure bulk with GRO on lb-1's eth1")
 	fs.IntVar(&c.DatapathCount, "datapath-count", 5, "-count of the bpf BenchmarkDataPath run")
@@ -103,6 +104,14 @@ func run() int {
 		if errors.Is(err, pflag.ErrHelp) {
 			return 0
 		}
+		fmt.Fprintln(os.Stderr, "lbbench:", err)
+		return 2
+	}
+	if *listPhases {
+		fmt.Print(phaseTable())
+		return 0
+	}
+	if err := checkPhases(c.Phases); err != nil {
 		fmt.Fprintln(os.Stderr, "lbbench:", err)
 		return 2
 	}
