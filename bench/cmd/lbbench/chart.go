@@ -60,7 +60,11 @@ func (r *Report) chart() []byte {
 	s := &svg{}
 	fmt.Fprintf(&s.b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="DejaVu Sans, Helvetica, Arial, sans-serif">`+"\n", w, h, w, h)
 	s.rect(0, 0, float64(w), float64(h), pageColor, "")
-	title := fmt.Sprintf("xdplb vs HAProxy, Nginx, nftables, direct (median, whiskers min–max, %d reps)", r.Config.Reps)
+	reps := fmt.Sprintf("%d repetitions", r.Config.Reps)
+	if r.Config.Reps == 1 {
+		reps = "1 repetition"
+	}
+	title := fmt.Sprintf("xdplb vs HAProxy, Nginx, nftables, direct (median, whiskers min–max, %s)", reps)
 	if r.Config.Quick {
 		title += " — QUICK RUN, not for conclusions"
 	}
@@ -233,14 +237,14 @@ func (s *svg) panel(x, y, w, h float64, p panel) {
 	}
 }
 
-// niceCeil rounds v up to 1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6 or 8 times a power
-// of ten, for the top of an axis.
+// niceCeil rounds v up to 1, 1.2, 1.6, 2, 2.4, 3, 4, 5, 6 or 8 times a power
+// of ten, for the top of an axis whose quarters are round too.
 func niceCeil(v float64) float64 {
 	if v <= 0 {
 		return 1
 	}
 	p := math.Pow(10, math.Floor(math.Log10(v)))
-	for _, m := range []float64{1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10} {
+	for _, m := range []float64{1, 1.2, 1.6, 2, 2.4, 3, 4, 5, 6, 8, 10} {
 		if m*p >= v {
 			return m * p
 		}

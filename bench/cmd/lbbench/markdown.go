@@ -40,21 +40,22 @@ func writeMarkdown(path string, r *Report, outDir string) error {
 	if err != nil {
 		return err
 	}
-	section := mdBegin + "\n" + md + mdEnd + "\n"
+	section := mdBegin + "\n" + md + mdEnd
 	old, err := os.ReadFile(path)
 	var doc string
 	switch {
 	case os.IsNotExist(err):
-		doc = "# Benchmarks\n\n" + section
+		doc = "# Benchmarks\n\n" + section + "\n"
 	case err != nil:
 		return err
 	default:
 		s := string(old)
 		i, j := strings.Index(s, mdBegin), strings.Index(s, mdEnd)
 		if i >= 0 && j > i {
+			// What follows the end marker stays as it is.
 			doc = s[:i] + section + s[j+len(mdEnd):]
 		} else {
-			doc = strings.TrimRight(s, "\n") + "\n\n" + section
+			doc = strings.TrimRight(s, "\n") + "\n\n" + section + "\n"
 		}
 	}
 	return os.WriteFile(path, []byte(doc), 0o644)

@@ -175,7 +175,7 @@ func connrate(m *sampleRun) {
 	m.s.ConnRate = r
 }
 
-// selected: the phase runs for lb under c.
+// selected: c selects the phase, and lb is one it applies to.
 func (p phase) selected(c config, lb lbInfo) bool {
 	if p.flag != "" && !c.has(p.flag) || c.Quick && !p.quick {
 		return false
@@ -183,12 +183,24 @@ func (p phase) selected(c config, lb lbInfo) bool {
 	return p.when == nil || p.when(c, lb)
 }
 
-// runPhases runs every selected phase on m in order.
-func runPhases(m *sampleRun) {
-	info := infoOf(m.lb.Name())
-	ran := map[string]bool{}
+// plan is the phases lb goes through under c, in order: those selected
+// whose "after" phase is in the plan too.
+func plan(c config, lb lbInfo) []phase {
+	var out []phase
 	for _, p := range phases {
-		if !p.selected(m.c, info) || p.after != "" && !ran[p.after] {
+		if p.selected(c, lb) && (p.after == "" || slices.ContainsFunc(out, func(q phase) bool { return q.name == p.after })) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// runPhases runs m's plan; a phase whose preparation fails is skipped, and
+// so are those that run after it.
+func runPhases(m *sampleRun) {
+	ran := map[string]bool{}
+	for _, p := range plan(m.c, infoOf(m.lb.Name())) {
+		if p.after != "" && !ran[p.after] {
 			continue
 		}
 		if p.prepare != nil {
