@@ -35,10 +35,16 @@ type lbInfo struct {
 	datapath string
 }
 
+// Colours the packet-level panel of the chart shares with the catalog.
+const (
+	directColor = "#787878" // direct, and the MAC-swap floor
+	xdplbColor  = "#00783c" // xdp-native, and xdplb's programs
+)
+
 var catalog = []lbInfo{
-	{name: "direct", role: roleDirect, color: "#787878"},
+	{name: "direct", role: roleDirect, color: directColor},
 	{name: "router", role: roleRouter, color: "#afafaf"},
-	{name: "xdp-native", color: "#00783c", datapath: "xdp-established"},
+	{name: "xdp-native", color: xdplbColor, datapath: "xdp-established"},
 	{name: "xdp-generic", color: "#3caa5a", datapath: "xdp-established"},
 	{name: "tc", color: "#0096a0", datapath: "tc-established"},
 	{name: "nftables", color: "#e68c14"},

@@ -136,9 +136,9 @@ func (r *Report) datapathPanel() panel {
 		for _, x := range dp.Runs[name] {
 			lo, hi = math.Min(lo, x), math.Max(hi, x)
 		}
-		col := infoOf("xdp-native").color
+		col := xdplbColor
 		if name == floorProgram {
-			col = infoOf("direct").color
+			col = directColor
 		}
 		bars = append(bars, bar{label: name, v: v, lo: lo, hi: hi, ok: ok, color: col})
 	}
