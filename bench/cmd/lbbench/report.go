@@ -236,13 +236,14 @@ type Notable struct {
 var notableCounters = []string{"no_backend", "ports_exhausted", "no_neigh", "backend_reset", "flow_insert", "aborted", "no_flow", "reply_no_flow", "flow_expired"}
 
 func (r *Report) notable() []Notable {
-	phases := []string{"connrate", "bulk", "bulk-gro", "flood", "after-flood"}
 	type key struct{ lb, phase, counter string }
 	agg := map[key]*Notable{}
 	var order []key
 	for _, s := range r.Samples {
 		prev := map[string]uint64{}
-		for _, ph := range phases {
+		// Each phase's counters less those of the snapshot before it.
+		for _, p := range phases {
+			ph := p.name
 			raw, ok := s.Status[ph]
 			if !ok {
 				continue
