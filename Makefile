@@ -46,7 +46,7 @@ lint: ## gofmt, go vet
 
 .PHONY: test
 test: root deps lint check-generate ## unit, packet, loader and end-to-end tests, then the kernel matrix (as root)
-	$(GO) test -count=1 -timeout 10m ./bpf/... ./loader/... ./control/... ./cmd/... ./tests/layers/ ./tests/cmd/... ./tests/lab/... ./tests/testnet/... ./tests/apiserver/... ./tests/agent/...
+	$(GO) test -count=1 -timeout 10m ./bpf/... ./loader/... ./control/... ./cmd/... ./tests/layers/ ./tests/cmd/... ./tests/lab/... ./tests/testnet/... ./tests/apiserver/... ./tests/agent/... ./bench/...
 	$(GO) test -count=1 -timeout 15m -v ./tests/e2e/ 2>&1 | tee /tmp/xdplb-e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|REPORT)|e2e_|\.go:[0-9]+:' ; test $${PIPESTATUS[0]} -eq 0
 	$(MAKE) vagrant-check
 	$(MAKE) vm-test
@@ -60,7 +60,7 @@ fuzz: root ## fuzz the data path for 60 s
 	cd bpf && $(GO) test -run XXX -fuzz FuzzXDP -fuzztime 60s .
 
 .PHONY: bench
-bench: root deps ## benchmarks: ns/packet and the load balancers side by side (~14 min; BENCHMARKS.md, bench/results/)
+bench: root deps ## benchmarks: ns/packet and the load balancers side by side (~14 min; BENCHMARKS.md, bench/results/: JSON, chart.svg)
 	bash bench/deps.sh
 	$(GO) run ./bench/cmd/lbbench
 
@@ -68,6 +68,15 @@ bench: root deps ## benchmarks: ns/packet and the load balancers side by side (~
 bench-quick: root deps ## a ~3 minute smoke run of the benchmarks (bench/results/quick/)
 	bash bench/deps.sh
 	$(GO) run ./bench/cmd/lbbench --quick
+
+.PHONY: bench-render
+bench-render: ## redo summary.json, chart.svg and the Markdown from the saved results.json files (no root)
+	$(GO) run ./bench/cmd/lbbench --render bench/results/results.json
+	$(GO) run ./bench/cmd/lbbench --quick --render bench/results/quick/results.json
+
+.PHONY: bench-test
+bench-test: ## tests of the benchmark's report: goal arithmetic, Markdown, chart, phases (no root)
+	$(GO) test -count=1 ./bench/...
 
 .PHONY: demo
 demo: root ## a live demo in network namespaces: three mock API servers behind xdplb

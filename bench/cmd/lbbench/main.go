@@ -85,7 +85,8 @@ func run() int {
 	fs.DurationVar(&c.FloodTimeout, "flood-timeout", time.Second, "a legitimate connection not done within this during (and after) the flood counts as failed; 1 s: one that needed a SYN retransmission")
 	fs.DurationVar(&c.AfterFlood, "after-flood", 3*time.Second, "legitimate load starting 2 s after the flood ended (recovery)")
 	fs.BoolVar(&c.RSTClose, "rst-close", false, "agents close with RST instead of FIN in connrate")
-	fs.StringSliceVar(&c.Phases, "phases", []string{"rr", "connrate", "bulk", "flood"}, "phases to run (rr, connrate, bulk, flood)")
+	fs.StringSliceVar(&c.Phases, "phases", phaseFlags(), "phases to run ("+strings.Join(phaseFlags(), ", ")+"; --list-phases shows what each runs)")
+	listPhases := fs.Bool("list-phases", false, "print the phases each load balancer goes through, as a table, and exit")
 	fs.BoolVar(&c.Pin, "pin", false, "pin the agents to CPU 0 and the sinks to the last CPU")
 	fs.BoolVar(&c.GROBulk, "gro-bulk", true, "also measure bulk with GRO on lb-1's eth1")
 	fs.IntVar(&c.DatapathCount, "datapath-count", 5, "-count of the bpf BenchmarkDataPath run")
@@ -103,6 +104,14 @@ func run() int {
 		if errors.Is(err, pflag.ErrHelp) {
 			return 0
 		}
+		fmt.Fprintln(os.Stderr, "lbbench:", err)
+		return 2
+	}
+	if *listPhases {
+		fmt.Print(phaseTable())
+		return 0
+	}
+	if err := checkPhases(c.Phases); err != nil {
 		fmt.Fprintln(os.Stderr, "lbbench:", err)
 		return 2
 	}
@@ -292,14 +301,10 @@ func bench(c config) error {
 	if err := writeJSON(filepath.Join(c.out, "summary.json"), report.summaryOnly()); err != nil {
 		return err
 	}
-	if err := writeChart(filepath.Join(c.out, "chart.png"), report); err != nil {
-		return fmt.Errorf("chart: %w", err)
+	if err := writeOutputs(c, report); err != nil {
+		return err
 	}
-	if err := writeMarkdown(c.markdown, report, c.out); err != nil {
-		return fmt.Errorf("markdown: %w", err)
-	}
-	fmt.Println(report.table())
-	logf("done in %v: %s/results.json, summary.json, chart.png; %s", time.Since(began).Round(time.Second), c.out, c.markdown)
+	logf("done in %v: %s/results.json, summary.json, %s; %s", time.Since(began).Round(time.Second), c.out, chartFile, c.markdown)
 	return nil
 }
 
@@ -407,12 +412,22 @@ func render(c config) error {
 	if err := writeJSON(filepath.Join(c.out, "summary.json"), r.summaryOnly()); err != nil {
 		return err
 	}
-	if err := writeChart(filepath.Join(c.out, "chart.png"), &r); err != nil {
+	return writeOutputs(c, &r)
+}
+
+// writeOutputs writes the chart and the Markdown section of a summarized
+// report and prints its main table.
+func writeOutputs(c config, r *Report) error {
+	if err := writeChart(filepath.Join(c.out, chartFile), r); err != nil {
+		return fmt.Errorf("chart: %w", err)
+	}
+	if err := writeMarkdown(c.markdown, r, c.out); err != nil {
+		return fmt.Errorf("markdown: %w", err)
+	}
+	t, err := r.table()
+	if err != nil {
 		return err
 	}
-	if err := writeMarkdown(c.markdown, &r, c.out); err != nil {
-		return err
-	}
-	fmt.Println(r.table())
+	fmt.Println(t)
 	return nil
 }

@@ -1,11 +1,14 @@
 package main
 
 import (
+	_ "embed"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"text/template"
+	"time"
 )
 
 const (
@@ -13,253 +16,245 @@ const (
 	mdEnd   = "<!-- lbbench:end -->"
 )
 
+// The results section of BENCHMARKS.md is report.md.tmpl executed on a
+// mdView: the template holds the layout and the words, the view's methods
+// the numbers (formatted, "–" where nothing was measured).
+//
+//go:embed report.md.tmpl
+var reportTemplate string
+
+var mdTemplate = template.Must(template.New("report.md.tmpl").Funcs(template.FuncMap{
+	"join": strings.Join,
+}).Parse(reportTemplate))
+
 // writeMarkdown rewrites the generated section of path (between the
 // markers), keeping what is written around it; a file without the markers
 // gets the section appended, a missing file is created.
 func writeMarkdown(path string, r *Report, outDir string) error {
-	chart, err := filepath.Rel(filepath.Dir(path), filepath.Join(outDir, "chart.png"))
+	chart, err := filepath.Rel(filepath.Dir(path), filepath.Join(outDir, chartFile))
 	if err != nil {
-		chart = filepath.Join(outDir, "chart.png")
+		chart = filepath.Join(outDir, chartFile)
 	}
 	results, _ := filepath.Rel(filepath.Dir(path), outDir)
-	section := mdBegin + "\n" + r.markdown(chart, results) + mdEnd + "\n"
+	md, err := r.markdown(chart, results)
+	if err != nil {
+		return err
+	}
+	section := mdBegin + "\n" + md + mdEnd
 	old, err := os.ReadFile(path)
 	var doc string
 	switch {
 	case os.IsNotExist(err):
-		doc = "# Benchmarks\n\n" + section
+		doc = "# Benchmarks\n\n" + section + "\n"
 	case err != nil:
 		return err
 	default:
 		s := string(old)
 		i, j := strings.Index(s, mdBegin), strings.Index(s, mdEnd)
 		if i >= 0 && j > i {
+			// What follows the end marker stays as it is.
 			doc = s[:i] + section + s[j+len(mdEnd):]
-			doc = strings.Replace(doc, mdEnd+"\n\n", mdEnd+"\n\n", 1)
 		} else {
-			doc = strings.TrimRight(s, "\n") + "\n\n" + section
+			doc = strings.TrimRight(s, "\n") + "\n\n" + section + "\n"
 		}
 	}
 	return os.WriteFile(path, []byte(doc), 0o644)
 }
 
-func (r *Report) markdown(chart, results string) string {
+// markdown is the results section; chart and results are the chart's and
+// the results directory's paths relative to the Markdown file.
+func (r *Report) markdown(chart, results string) (string, error) {
+	return r.execute("report", chart, results)
+}
+
+// table is the main results table, in Markdown, as the report has it.
+func (r *Report) table() (string, error) {
+	return r.execute("load-balancers", "", "")
+}
+
+func (r *Report) execute(name, chart, results string) (string, error) {
 	var b strings.Builder
-	c := r.Config
-	m := r.Machine
-	fmt.Fprintf(&b, "## Results of %s\n\n", r.Started.UTC().Format("2006-01-02 15:04 UTC"))
-	brand := ""
-	if m.CPUBrand != "" {
-		brand = " (" + m.CPUBrand + ")"
-	} else if r.Datapath != nil && r.Datapath.CPU != "" {
-		brand = " (" + r.Datapath.CPU + ")"
+	v := &mdView{Report: r, Chart: chart, Results: results,
+		Direct: r.baseline(roleDirect), Router: r.baseline(roleRouter)}
+	if err := mdTemplate.ExecuteTemplate(&b, name, v); err != nil {
+		return "", fmt.Errorf("markdown: %w", err)
 	}
-	fmt.Fprintf(&b, "Machine: **%s%s, %d cores, Linux %s**, %d MB, %s. ", m.CPUModel, brand, m.Cores, m.Kernel, m.MemoryMB, m.GoVersion)
-	mode := "full run"
-	if c.Quick {
-		mode = "**quick smoke run** (`--quick`: not for conclusions)"
-	}
-	fmt.Fprintf(&b, "%s: %d repetition(s), load balancers interleaved (each repetition rotates the order), took %s.\n\n",
-		mode, c.Reps, r.Finished.Sub(r.Started).Round(1e9))
-	fmt.Fprintf(&b, "Cells are *median [min–max]* over the repetitions used. Phases: %.0f s each (rr: 1 connection from agent-1; connrate: 3 agents × %d, FIN close; bulk: 1 stream from agent-1); SYN flood: %d SYN/s from spoofed 10.20.0.0/16 for %.0f s with legit connrate from 3 agents × %d meanwhile; a legit connection counts as OK when connect + 64 B echo + close finish within %.0f s (a lost SYN is retransmitted after 1 s, so 1 s means: first SYN answered); *after flood*: the same legit load for %.0f s, starting 2 s after the flood ended.\n\n",
-		c.DurationS, c.ConnC, c.FloodPPS, c.FloodDurationS, c.FloodC, c.FloodTimeoutS, c.AfterFloodS)
+	return b.String(), nil
+}
 
-	b.WriteString("### Load balancers\n\n")
-	b.WriteString(r.table())
-	b.WriteString("\n")
-	fmt.Fprintf(&b, "![chart](%s)\n\n", chart)
+// mdView is what report.md.tmpl sees.
+type mdView struct {
+	*Report
+	Chart, Results string
+	// Direct and Router name the baselines of this run ("" when not run).
+	Direct, Router string
+}
 
-	b.WriteString("### Goals (issue 6)\n\n")
-	lbs := []string{}
-	for _, lb := range r.lbOrder() {
-		if lb != "direct" && lb != "router" {
-			lbs = append(lbs, lb)
+// LBs are the load balancers of the run, baselines included, in order.
+func (v *mdView) LBs() []string { return v.lbOrder() }
+
+// Balancers are the load balancers under test: those the goals apply to.
+func (v *mdView) Balancers() []string {
+	var out []string
+	for _, lb := range v.lbOrder() {
+		if !infoOf(lb).role.baseline() {
+			out = append(out, lb)
 		}
 	}
-	b.WriteString("| goal | " + strings.Join(lbs, " | ") + " |\n|---|" + strings.Repeat("---|", len(lbs)) + "\n")
-	for _, gn := range goalNames {
-		row := []string{gn}
-		any := false
-		for _, lb := range lbs {
+	return out
+}
+
+// Against is every load balancer but ref.
+func (v *mdView) Against(ref string) []string {
+	var out []string
+	for _, lb := range v.lbOrder() {
+		if lb != ref {
+			out = append(out, lb)
+		}
+	}
+	return out
+}
+
+// StartedUTC is when the run started.
+func (v *mdView) StartedUTC() string { return v.Started.UTC().Format("2006-01-02 15:04 UTC") }
+
+// Took is how long the run took, to the second.
+func (v *mdView) Took() time.Duration { return v.Finished.Sub(v.Started).Round(time.Second) }
+
+// Brand is the CPU's brand as Go's testing package saw it, in parentheses.
+func (v *mdView) Brand() string {
+	switch {
+	case v.Machine.CPUBrand != "":
+		return " (" + v.Machine.CPUBrand + ")"
+	case v.Datapath != nil && v.Datapath.CPU != "":
+		return " (" + v.Datapath.CPU + ")"
+	}
+	return ""
+}
+
+// Cell is lb's median of key with [min–max].
+func (v *mdView) Cell(lb, key, format string) string { return v.cell(lb, key, format) }
+
+// Pct is lb's median of key as a percentage of ref's median of refKey.
+func (v *mdView) Pct(lb, key, ref, refKey string) string {
+	if x, ok := v.ratio(lb, key, ref, refKey); ok {
+		return fmt.Sprintf("%.0f%%", 100*x)
+	}
+	return "–"
+}
+
+// Times is lb's median of key as a multiple of ref's median of refKey.
+func (v *mdView) Times(lb, key, ref, refKey string) string {
+	if x, ok := v.ratio(lb, key, ref, refKey); ok {
+		return fmt.Sprintf("%.2f×", x)
+	}
+	return "–"
+}
+
+// Delta is lb's median of key minus ref's, signed.
+func (v *mdView) Delta(lb, key, ref string) string {
+	if d, ok := v.difference(lb, key, ref); ok {
+		return fmt.Sprintf("%+.0f", d)
+	}
+	return "–"
+}
+
+// FloodLatency is "p50 / p99 / p99.9" of the legit connections under the
+// flood, in ms.
+func (v *mdView) FloodLatency(lb string) string {
+	p50, ok := v.med(lb, "flood_p50_us")
+	if !ok {
+		return "–"
+	}
+	p99, _ := v.med(lb, "flood_p99_us")
+	p999, _ := v.med(lb, "flood_p999_us")
+	return fmt.Sprintf("%.2f / %.0f / %.0f", p50/1000, p99/1000, p999/1000)
+}
+
+// GoalRows are the goal table's rows: the goal, then a verdict per
+// balancer under test ("n/a" when not judged); goals judged for none are
+// left out.
+func (v *mdView) GoalRows() [][]string {
+	var rows [][]string
+	for _, name := range goalNames() {
+		row, judged := []string{name}, false
+		for _, lb := range v.Balancers() {
 			cell := "n/a"
-			for _, g := range r.Goals {
-				if g.LB == lb && g.Goal == gn {
+			for _, g := range v.Goals {
+				if g.LB == lb && g.Goal == name {
 					mark := "✅"
 					if !g.Met {
 						mark = "❌"
 					}
-					cell = mark + " " + g.Result
-					any = true
+					cell, judged = mark+" "+g.Result, true
 				}
 			}
 			row = append(row, cell)
 		}
-		if any {
-			b.WriteString("| " + strings.Join(row, " | ") + " |\n")
+		if judged {
+			rows = append(rows, row)
 		}
 	}
-	b.WriteString("\n")
-
-	if r.summary("router") != nil {
-		b.WriteString("### Against the router hop\n\n`router` sends the agents' connections to server-1 through lb-1 as a plain IP router (host routes both ways, forwarding on, no NAT, no balancing): the same extra hop through lb-1 every balancer adds on this network, at the kernel's forwarding cost. Relative to it, what is left is the balancer's own cost:\n\n")
-		b.WriteString("| load balancer | conn/s vs router | RR p50 Δ router µs | Gbit/s vs router | CPU-s/GB vs router | CPU µs/conn Δ router |\n|---|---:|---:|---:|---:|---:|\n")
-		for _, lb := range r.lbOrder() {
-			if lb == "router" {
-				continue
-			}
-			rel := func(key string, pct bool) string {
-				v, ok1 := r.med(lb, key)
-				d, ok2 := r.med("router", key)
-				if !ok1 || !ok2 || d == 0 {
-					return "–"
-				}
-				if pct {
-					return fmt.Sprintf("%.0f%%", 100*v/d)
-				}
-				return fmt.Sprintf("%.2f×", v/d)
-			}
-			del := func(key string) string {
-				v, ok1 := r.med(lb, key)
-				d, ok2 := r.med("router", key)
-				if !ok1 || !ok2 {
-					return "–"
-				}
-				return fmt.Sprintf("%+.0f", v-d)
-			}
-			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", lb, rel("conn_per_s", true), del("rr_p50_us"),
-				rel("bulk_gbps", true), rel("cpu_s_per_gb", false), del("conn_cpu_us"))
-		}
-		b.WriteString("\n")
-	}
-
-	if dp := r.Datapath; dp != nil && len(dp.Median) > 0 {
-		fmt.Fprintf(&b, "### Packet level\n\n`%s` (BPF_PROG_TEST_RUN, time inside the program per packet; median of %d):\n\n", dp.Command, c.DatapathCount)
-		b.WriteString("| program | ns/packet median | [min–max] | × floor (median) | × floor (fastest runs) |\n|---|---:|---:|---:|---:|\n")
-		for _, name := range dp.Order {
-			ref := "floor-macswap"
-			if strings.HasSuffix(name, "-single") {
-				ref = "floor-macswap-single"
-			}
-			v, fl := dp.Median[name], dp.Median[ref]
-			lo, _ := dp.Min(name)
-			flo, _ := dp.Min(ref)
-			hi := lo
-			for _, x := range dp.Runs[name] {
-				hi = max(hi, x)
-			}
-			x, xm := "–", "–"
-			if fl > 0 {
-				x = fmt.Sprintf("%.1f×", v/fl)
-			}
-			if flo > 0 {
-				xm = fmt.Sprintf("%.1f×", lo/flo)
-			}
-			fmt.Fprintf(&b, "| %s | %.1f | %.1f–%.1f | %s | %s |\n", name, v, lo, hi, x, xm)
-		}
-		b.WriteString("\n(`-single` rows: one run per packet, against the floor measured the same way.)\n\n")
-	}
-
-	b.WriteString("### More figures (medians)\n\n")
-	b.WriteString("| load balancer | CPU µs per connection | connrate failures | connect+req+close p99 µs | busy cores in bulk | CPU-s/GB minus idle | balancer processes CPU-s/GB | bytes/packet at xdplb | flood SYN/s sent | legit conn/s under flood | legit conn/s after flood |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-	for _, lb := range r.lbOrder() {
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", lb,
-			r.cell(lb, "conn_cpu_us", "%.0f"), r.cell(lb, "connrate_failures", "%.0f"), r.cell(lb, "connrate_p99_us", "%.0f"),
-			r.cell(lb, "bulk_busy_cores", "%.2f"), r.cell(lb, "net_cpu_s_per_gb", "%.2f"),
-			r.cell(lb, "lb_proc_cpu_s_per_gb", "%.2f"), r.cell(lb, "bulk_avg_packet_bytes", "%.0f"),
-			r.cell(lb, "flood_sent_pps", "%.0f"), r.cell(lb, "flood_legit_conn_per_s", "%.0f"),
-			r.cell(lb, "after_flood_conn_per_s", "%.0f"))
-	}
-	b.WriteString("\n")
-	if r.Config.GROBulk {
-		b.WriteString("#### Bulk with GRO on lb-1's eth1\n\nThe wire emulation above sends MTU-sized packets everywhere (tx offload off, veth GRO off). A real NIC aggregates with GRO before TC and the kernel stack (not before XDP): this is bulk again with `ethtool -K eth1 gro on` on lb-1. Ratios against direct as measured above.\n\n")
-		b.WriteString("| load balancer | Gbit/s | vs direct | CPU-s/GB | vs direct | bytes/packet at xdplb | GSO packets at xdplb |\n|---|---:|---:|---:|---:|---:|---:|\n")
-		dg, okg := r.med("direct", "bulk_gbps")
-		dc, okc := r.med("direct", "cpu_s_per_gb")
-		for _, lb := range r.lbOrder() {
-			if lb == "direct" || lb == "router" {
-				continue
-			}
-			rg, rc := "–", "–"
-			if v, ok := r.med(lb, "gro_bulk_gbps"); ok && okg && dg > 0 {
-				rg = fmt.Sprintf("%.0f%%", 100*v/dg)
-			}
-			if v, ok := r.med(lb, "gro_cpu_s_per_gb"); ok && okc && dc > 0 {
-				rc = fmt.Sprintf("%.2f×", v/dc)
-			}
-			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", lb,
-				r.cell(lb, "gro_bulk_gbps", "%.2f"), rg, r.cell(lb, "gro_cpu_s_per_gb", "%.2f"), rc,
-				r.cell(lb, "gro_avg_packet_bytes", "%.0f"), r.cell(lb, "gro_gso_packets", "%.0f"))
-		}
-		b.WriteString("\n")
-	}
-
-	if len(r.Notable) > 0 {
-		b.WriteString("### xdplb counters that moved (drops, resets, expiries; per phase, max over repetitions)\n\n| hook | phase | counter | max | repetitions |\n|---|---|---|---:|---:|\n")
-		for _, n := range r.Notable {
-			fmt.Fprintf(&b, "| %s | %s | %s | %d | %d |\n", n.LB, n.Phase, n.Counter, n.Max, n.Reps)
-		}
-		b.WriteString("\n")
-	}
-
-	if rows := r.afterFloodState(); len(rows) > 0 {
-		b.WriteString("### xdplb state after the flood\n\nEntries of xdplb's flow tables as its GC last counted them (every 10 s), after the flood phase, and the drop counters during the legit load that followed (max over repetitions):\n\n| hook | flows entries | half-open entries | ports_exhausted after flood | flow_insert after flood |\n|---|---:|---:|---:|---:|\n")
-		for _, row := range rows {
-			b.WriteString(row)
-		}
-		b.WriteString("\n")
-	}
-
-	b.WriteString("<details><summary>Every repetition</summary>\n\n| rep | # | load balancer | conn/s | RR p50 µs | Gbit/s | CPU-s/GB | others' cores | idle cores before bulk | flood OK % | after flood OK % | note |\n|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
-	for i := range r.Samples {
-		s := &r.Samples[i]
-		f := func(key, format string) string {
-			for _, m := range metrics {
-				if m.key == key {
-					if v, ok := m.get(s); ok {
-						return fmt.Sprintf(format, v)
-					}
-				}
-			}
-			return "–"
-		}
-		idle := "–"
-		if s.Bulk != nil {
-			idle = fmt.Sprintf("%.2f", s.Bulk.BaselineCores)
-		}
-		note := s.Noisy
-		if len(s.Errors) > 0 {
-			note = strings.TrimPrefix(note+"; ", "; ") + strings.Join(s.Errors, "; ")
-		}
-		note = strings.ReplaceAll(note, "|", "/")
-		if len(note) > 300 {
-			note = note[:300] + "..."
-		}
-		fmt.Fprintf(&b, "| %d | %d | %s | %s | %s | %s | %s | %.2f | %s | %s | %s | %s |\n", s.Rep, s.Order, s.LB,
-			f("conn_per_s", "%.0f"), f("rr_p50_us", "%.0f"), f("bulk_gbps", "%.2f"), f("cpu_s_per_gb", "%.2f"),
-			s.ForeignCores, idle, f("flood_success_pct", "%.2f"), f("after_flood_success_pct", "%.1f"), note)
-	}
-	fmt.Fprintf(&b, "\n*others' cores*: CPU used meanwhile by processes that are not this run's (its children and kernel threads excluded); above %.2f the sample is noisy and left out of the medians while two clean ones remain. Repetition %d holds make-up samples, taken at the end for load balancers left short of clean ones.\n\n</details>\n\n", r.Config.ForeignCores, r.Config.Reps+1)
-	if len(r.Errors) > 0 {
-		b.WriteString("Errors: " + strings.Join(r.Errors, "; ") + "\n\n")
-	}
-	fmt.Fprintf(&b, "Raw data: `%s/results.json` (every agent's output, xdplb status after each phase), `summary.json`, `datapath.txt`.\n\n", results)
-	return b.String()
+	return rows
 }
 
-// afterFloodState: per xdplb hook, the flow table sizes and drops after
-// the flood (from the "after-flood" status snapshots).
-func (r *Report) afterFloodState() []string {
+// HasDatapath: the packet-level benchmark ran and gave figures.
+func (v *mdView) HasDatapath() bool { return v.Datapath != nil && len(v.Datapath.Median) > 0 }
+
+// datapathRow is one program of the packet-level table.
+type datapathRow struct {
+	Name                  string
+	Median, Min, Max      float64
+	XMedian, XFastestRuns string
+}
+
+// DatapathRows: each program's ns/packet and its multiple of the floor
+// measured the same way (the -single floor for -single rows).
+func (v *mdView) DatapathRows() []datapathRow {
+	dp := v.Datapath
+	var rows []datapathRow
+	for _, name := range dp.Order {
+		ref := floorProgram
+		if strings.HasSuffix(name, "-single") {
+			ref = floorProgram + "-single"
+		}
+		row := datapathRow{Name: name, Median: dp.Median[name], XMedian: "–", XFastestRuns: "–"}
+		row.Min, _ = dp.Min(name)
+		row.Max = row.Min
+		for _, x := range dp.Runs[name] {
+			row.Max = max(row.Max, x)
+		}
+		if fl := dp.Median[ref]; fl > 0 {
+			row.XMedian = fmt.Sprintf("%.1f×", row.Median/fl)
+		}
+		if flo, _ := dp.Min(ref); flo > 0 {
+			row.XFastestRuns = fmt.Sprintf("%.1f×", row.Min/flo)
+		}
+		rows = append(rows, row)
+	}
+	return rows
+}
+
+// afterFloodRow: an xdplb hook's flow tables after the flood phase and its
+// drops during the legit load that followed (max over repetitions).
+type afterFloodRow struct {
+	LB                     string
+	Flows, HalfOpen        int
+	PortsExhausted, Insert uint64
+}
+
+// AfterFlood is a row per load balancer with xdplb status snapshots after
+// the flood.
+func (v *mdView) AfterFlood() []afterFloodRow {
 	type st struct {
 		Flows    map[string]int    `json:"flows"`
 		Counters map[string]uint64 `json:"counters"`
 	}
-	var rows []string
-	for _, lb := range r.lbOrder() {
-		var flows, half int
-		var exh, ins uint64
-		seen := false
-		for i := range r.Samples {
-			s := &r.Samples[i]
+	var rows []afterFloodRow
+	for _, lb := range v.lbOrder() {
+		row, seen := afterFloodRow{LB: lb}, false
+		for i := range v.Samples {
+			s := &v.Samples[i]
 			if s.LB != lb {
 				continue
 			}
@@ -269,14 +264,57 @@ func (r *Report) afterFloodState() []string {
 			}
 			_ = json.Unmarshal(s.Status["flood"], &f)
 			seen = true
-			flows = max(flows, a.Flows["flows"])
-			half = max(half, a.Flows["half_open"])
-			exh = max(exh, a.Counters["ports_exhausted"]-min(a.Counters["ports_exhausted"], f.Counters["ports_exhausted"]))
-			ins = max(ins, a.Counters["flow_insert"]-min(a.Counters["flow_insert"], f.Counters["flow_insert"]))
+			row.Flows = max(row.Flows, a.Flows["flows"])
+			row.HalfOpen = max(row.HalfOpen, a.Flows["half_open"])
+			row.PortsExhausted = max(row.PortsExhausted, a.Counters["ports_exhausted"]-min(a.Counters["ports_exhausted"], f.Counters["ports_exhausted"]))
+			row.Insert = max(row.Insert, a.Counters["flow_insert"]-min(a.Counters["flow_insert"], f.Counters["flow_insert"]))
 		}
 		if seen {
-			rows = append(rows, fmt.Sprintf("| %s | %d | %d | %d | %d |\n", lb, flows, half, exh, ins))
+			rows = append(rows, row)
 		}
 	}
 	return rows
 }
+
+// Of is one sample's value of the metric key ("–" when not measured).
+func (v *mdView) Of(s *Sample, key, format string) string {
+	if m, ok := metricOf(key); ok {
+		if x, ok := m.get(s); ok {
+			return fmt.Sprintf(format, x)
+		}
+	}
+	return "–"
+}
+
+// SampleRefs are the samples, by pointer, for Of.
+func (v *mdView) SampleRefs() []*Sample {
+	out := make([]*Sample, len(v.Samples))
+	for i := range v.Samples {
+		out[i] = &v.Samples[i]
+	}
+	return out
+}
+
+// IdleBeforeBulk is the machine's busy cores right before bulk.
+func (v *mdView) IdleBeforeBulk(s *Sample) string {
+	if s.Bulk == nil {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f", s.Bulk.BaselineCores)
+}
+
+// Note is why a sample is noisy and what went wrong in it, fit for a cell.
+func (v *mdView) Note(s *Sample) string {
+	note := s.Noisy
+	if len(s.Errors) > 0 {
+		note = strings.TrimPrefix(note+"; ", "; ") + strings.Join(s.Errors, "; ")
+	}
+	note = strings.ReplaceAll(note, "|", "/")
+	if len(note) > 300 {
+		note = note[:300] + "..."
+	}
+	return note
+}
+
+// ExtraRep is the repetition number of the make-up samples.
+func (v *mdView) ExtraRep() int { return v.Config.Reps + 1 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"sort"
-	"strings"
 	"time"
 )
 
@@ -212,101 +211,15 @@ func (r *Report) med(lb, key string) (float64, bool) {
 	return st.Median, ok
 }
 
-// Goal is one of issue 6's targets, for one load balancer.
-type Goal struct {
-	LB     string  `json:"lb"`
-	Goal   string  `json:"goal"`
-	Value  float64 `json:"value"`
-	Ref    float64 `json:"reference"`
-	Met    bool    `json:"met"`
-	Result string  `json:"result"` // e.g. "97% of direct" or "+12 µs"
-	Miss   string  `json:"miss,omitempty"`
-}
-
-var goalNames = []string{
-	"conn/s ≥ 95% of direct",
-	"RR p50 ≤ direct + 5 µs",
-	"Gbit/s ≥ 90% of direct",
-	"CPU/GB ≤ 1.2× direct",
-	"≥ 99% legit conns OK under SYN flood",
-	"established ns/packet ≤ 2× MAC-swap floor",
-	"(extra) ≥ 99% legit conns OK 2 s after the flood",
-}
-
-func (r *Report) goals() []Goal {
-	var out []Goal
+// baseline is the name of the load balancer of role ro in this run, ""
+// when none ran.
+func (r *Report) baseline(ro role) string {
 	for _, lb := range r.lbOrder() {
-		if lb == "direct" || lb == "router" {
-			continue
-		}
-		ratio := func(goal, key string, want float64, higher bool) {
-			v, ok1 := r.med(lb, key)
-			d, ok2 := r.med("direct", key)
-			if !ok1 || !ok2 || d == 0 {
-				return
-			}
-			g := Goal{LB: lb, Goal: goal, Value: v, Ref: d}
-			x := v / d
-			if higher {
-				g.Met = x >= want
-				g.Result = fmt.Sprintf("%.0f%% of direct", 100*x)
-				if !g.Met {
-					g.Miss = fmt.Sprintf("%.0f points short of %.0f%%", 100*(want-x), 100*want)
-				}
-			} else {
-				g.Met = x <= want
-				g.Result = fmt.Sprintf("%.2f× direct", x)
-				if !g.Met {
-					g.Miss = fmt.Sprintf("%.2f× over the %.1f× bound", x-want, want)
-				}
-			}
-			out = append(out, g)
-		}
-		ratio(goalNames[0], "conn_per_s", 0.95, true)
-		if v, ok := r.med(lb, "rr_p50_us"); ok {
-			if d, ok := r.med("direct", "rr_p50_us"); ok {
-				g := Goal{LB: lb, Goal: goalNames[1], Value: v, Ref: d, Met: v-d <= 5,
-					Result: fmt.Sprintf("%+.0f µs", v-d)}
-				if !g.Met {
-					g.Miss = fmt.Sprintf("%.0f µs over", v-d-5)
-				}
-				out = append(out, g)
-			}
-		}
-		ratio(goalNames[2], "bulk_gbps", 0.90, true)
-		ratio(goalNames[3], "cpu_s_per_gb", 1.2, false)
-		if v, ok := r.med(lb, "flood_success_pct"); ok {
-			g := Goal{LB: lb, Goal: goalNames[4], Value: v, Ref: 99, Met: v >= 99, Result: fmt.Sprintf("%.2f%%", v)}
-			if !g.Met {
-				g.Miss = fmt.Sprintf("%.2f points short", 99-v)
-			}
-			out = append(out, g)
-		}
-		if v, ok := r.med(lb, "after_flood_success_pct"); ok {
-			g := Goal{LB: lb, Goal: goalNames[6], Value: v, Ref: 99, Met: v >= 99, Result: fmt.Sprintf("%.1f%%", v)}
-			if !g.Met {
-				g.Miss = fmt.Sprintf("%.1f points short", 99-v)
-			}
-			out = append(out, g)
-		}
-		if dp := r.Datapath; dp != nil {
-			prog := map[string]string{"xdp-native": "xdp-established", "xdp-generic": "xdp-established", "tc": "tc-established"}[lb]
-			// The fastest of the runs for both: noise only adds time, and
-			// the floor, a handful of instructions, is the noisier one.
-			floor, okf := dp.Min("floor-macswap")
-			v, okv := dp.Min(prog)
-			if prog != "" && okf && okv && floor > 0 {
-				x := v / floor
-				g := Goal{LB: lb, Goal: goalNames[5], Value: v, Ref: floor, Met: x <= 2,
-					Result: fmt.Sprintf("%.1f× (%.1f vs %.1f ns, fastest runs)", x, v, floor)}
-				if !g.Met {
-					g.Miss = fmt.Sprintf("%.1f× over the 2× bound", x-2)
-				}
-				out = append(out, g)
-			}
+		if infoOf(lb).role == ro {
+			return lb
 		}
 	}
-	return out
+	return ""
 }
 
 // Notable is an xdplb counter that says something went wrong in a phase.
@@ -323,13 +236,14 @@ type Notable struct {
 var notableCounters = []string{"no_backend", "ports_exhausted", "no_neigh", "backend_reset", "flow_insert", "aborted", "no_flow", "reply_no_flow", "flow_expired"}
 
 func (r *Report) notable() []Notable {
-	phases := []string{"connrate", "bulk", "bulk-gro", "flood", "after-flood"}
 	type key struct{ lb, phase, counter string }
 	agg := map[key]*Notable{}
 	var order []key
 	for _, s := range r.Samples {
 		prev := map[string]uint64{}
-		for _, ph := range phases {
+		// Each phase's counters less those of the snapshot before it.
+		for _, p := range phases {
+			ph := p.name
 			raw, ok := s.Status[ph]
 			if !ok {
 				continue
@@ -379,7 +293,7 @@ func (r *Report) summaryOnly() any {
 	}{r.Config, r.Machine, r.Started, r.Finished, r.Summary, r.Goals, r.Datapath, r.Notable}
 }
 
-// cell formats a metric as "median [min–max]".
+// cell formats a metric as "median [min–max]" ("–" when not measured).
 func (r *Report) cell(lb, key, format string) string {
 	s := r.summary(lb)
 	if s == nil {
@@ -396,52 +310,33 @@ func (r *Report) cell(lb, key, format string) string {
 	return m
 }
 
-func (r *Report) rel(lb, key string, pct bool) string {
+// ratio is lb's median of key over ref's median of refKey, and whether
+// both were measured (and ref's is not 0).
+func (r *Report) ratio(lb, key, ref, refKey string) (float64, bool) {
 	v, ok1 := r.med(lb, key)
-	d, ok2 := r.med("direct", key)
+	d, ok2 := r.med(ref, refKey)
 	if !ok1 || !ok2 || d == 0 {
-		return "–"
+		return 0, false
 	}
-	if lb == "direct" {
-		if pct {
-			return "100%"
-		}
-		return "1.00×"
-	}
-	if pct {
-		return fmt.Sprintf("%.0f%%", 100*v/d)
-	}
-	return fmt.Sprintf("%.2f×", v/d)
+	return v / d, true
 }
 
-func (r *Report) delta(lb, key string) string {
+// difference is lb's median of key minus ref's.
+func (r *Report) difference(lb, key, ref string) (float64, bool) {
 	v, ok1 := r.med(lb, key)
-	d, ok2 := r.med("direct", key)
+	d, ok2 := r.med(ref, key)
 	if !ok1 || !ok2 {
-		return "–"
+		return 0, false
 	}
-	return fmt.Sprintf("%+.0f", v-d)
+	return v - d, true
 }
 
-// table is the main results table, in markdown.
-func (r *Report) table() string {
-	var b strings.Builder
-	b.WriteString("| load balancer | conn/s | vs direct | RR p50 µs | Δ direct µs | RR p99 µs | Gbit/s (1 stream) | vs direct | CPU-s/GB | vs direct | SYN flood: legit OK % | flood p50 / p99 / p99.9 ms | after flood: OK % |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-	for _, lb := range r.lbOrder() {
-		fl := "–"
-		if p50, ok := r.med(lb, "flood_p50_us"); ok {
-			p99, _ := r.med(lb, "flood_p99_us")
-			p999, _ := r.med(lb, "flood_p999_us")
-			fl = fmt.Sprintf("%.2f / %.0f / %.0f", p50/1000, p99/1000, p999/1000)
+// metricOf is the definition of the metric key.
+func metricOf(key string) (metricDef, bool) {
+	for _, m := range metrics {
+		if m.key == key {
+			return m, true
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", lb,
-			r.cell(lb, "conn_per_s", "%.0f"), r.rel(lb, "conn_per_s", true),
-			r.cell(lb, "rr_p50_us", "%.0f"), r.delta(lb, "rr_p50_us"),
-			r.cell(lb, "rr_p99_us", "%.0f"),
-			r.cell(lb, "bulk_gbps", "%.2f"), r.rel(lb, "bulk_gbps", true),
-			r.cell(lb, "cpu_s_per_gb", "%.2f"), r.rel(lb, "cpu_s_per_gb", false),
-			r.cell(lb, "flood_success_pct", "%.2f"), fl, r.cell(lb, "after_flood_success_pct", "%.1f"))
 	}
-	return b.String()
+	return metricDef{}, false
 }
