@@ -339,10 +339,16 @@ func (in *Instance) Close() error {
 	if err := in.Detach(); err != nil {
 		in.lab.logf("%v", err)
 	}
-	if err := unix.Unmount(in.BPFFS, unix.MNT_DETACH); err != nil {
+	// EINVAL: nothing is mounted there any more (a test unmounted it).
+	if err := unix.Unmount(in.BPFFS, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
 		return fmt.Errorf("lab: unmount %s: %w", in.BPFFS, err)
 	}
 	if err := os.Remove(in.BPFFS); err != nil {
+		return fmt.Errorf("lab: %w", err)
+	}
+	// The daemon's lock file: never removed by a daemon, and this
+	// instance's name is used once.
+	if err := os.Remove(daemon.LockPath(in.Name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("lab: %w", err)
 	}
 	return nil
