@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/xdplb/xdplb/control/daemon"
 	"github.com/xdplb/xdplb/tests/testnet"
 )
 
@@ -147,6 +148,7 @@ func TestBadInputLeavesNothing(t *testing.T) {
 	p := c.startLB(lb)
 	runExpectingError(t, c, lb, good, "already has a running daemon")
 	other := with(good, "--instance", in.Name+"x")
+	t.Cleanup(func() { os.Remove(daemon.LockPath(in.Name + "x")) })
 	runExpectingError(t, c, lb, other, "already runs xdplb instance")
 	if out, err := c.xdplb(lb, "check"); err != nil {
 		t.Fatalf("check failed with the daemon up: %v %s", err, out)
