@@ -12,6 +12,6 @@
 // loading, pinning and attaching are the loader's.
 package bpf
 
-//go:generate go tool bpf2go -cc clang-14 -strip llvm-strip-14 -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel -go-package bpf -type flow_key -type flow -type backend -type backend_counters -type lb_control -type xdplb_stat -type flow_state -type flow_dir -type xdplb_limit xdplb xdplb.c
+//go:generate go tool bpf2go -cc clang-14 -strip llvm-strip-14 -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel -go-package bpf -type flow_key -type flow -type backend -type backend_counters -type lb_control -type xdplb_stat -type flow_state -type flow_dir -type xdplb_limit -type sync_event -type sync_event_kind xdplb xdplb.c
 //go:generate go tool bpf2go -cc clang-14 -strip llvm-strip-14 -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel -go-package bpf floor floor.c
 //go:generate go tool bpf2go -cc clang-14 -strip llvm-strip-14 -cflags "-O2 -g -Wall -Werror -DXDPLB_COARSE_CLOCK -I/usr/include/x86_64-linux-gnu" -target bpfel -go-package bpf xdplbCoarse xdplb.c

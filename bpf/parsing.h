@@ -14,6 +14,7 @@
 #include "xdplb_structs.h"
 
 struct packet {
+	void *ctx;      /* the program's context: xdp_md or __sk_buff */
 	void *data;
 	void *data_end;
 	struct ethhdr *eth;

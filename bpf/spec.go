@@ -31,6 +31,11 @@ type Config struct {
 	// NoBackendReset: a new connection no backend can take gets a RST at
 	// once instead of its SYN being dropped.
 	NoBackendReset bool
+	// Sync makes the data path report connections (SyncEvent) for the
+	// peer LB, again every SyncRefresh at most while packets flow
+	// (default 10 s).
+	Sync        bool
+	SyncRefresh time.Duration
 }
 
 // Clock selects the data path's clock.
@@ -82,6 +87,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.RefusedHold == 0 {
 		c.RefusedHold = 10 * time.Second
+	}
+	if c.SyncRefresh == 0 {
+		c.SyncRefresh = 10 * time.Second
 	}
 	return c
 }
@@ -142,9 +150,12 @@ func LoadSpec(cfg Config) (*ebpf.CollectionSpec, error) {
 	}
 	objs.Flows.MaxEntries = cfg.FlowEntries()
 	vars := objs.VariableSpecs
-	var noBackendReset uint32
+	var noBackendReset, syncEnabled uint32
 	if cfg.NoBackendReset {
 		noBackendReset = 1
+	}
+	if cfg.Sync {
+		syncEnabled = 1
 	}
 	set := []struct {
 		v     *ebpf.VariableSpec
@@ -161,6 +172,8 @@ func LoadSpec(cfg Config) (*ebpf.CollectionSpec, error) {
 		{vars.RefusedHoldNs, uint64(cfg.RefusedHold)},
 		{vars.MaxConnsPerClient, cfg.MaxConnsPerClient},
 		{vars.NoBackendReset, noBackendReset},
+		{vars.SyncEnabled, syncEnabled},
+		{vars.SyncRefreshNs, uint64(cfg.SyncRefresh)},
 	}
 	if cfg.HashSeed != 0 {
 		set = append(set, struct {

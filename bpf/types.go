@@ -14,8 +14,12 @@ type (
 	Backend         = xdplbBackend
 	BackendCounters = xdplbBackendCounters
 	LBControl       = xdplbLbControl
-	FlowState       = xdplbFlowState
-	FlowDir         = xdplbFlowDir
+	// SyncEvent is what the data path reports of a connection for the
+	// peer LB (sync_events perf array); SyncEventKind says what happened.
+	SyncEvent     = xdplbSyncEvent
+	SyncEventKind = xdplbSyncEventKind
+	FlowState     = xdplbFlowState
+	FlowDir       = xdplbFlowDir
 )
 
 // The data path's objects as bpf2go generated them: the loader loads into
@@ -34,6 +38,12 @@ type (
 const (
 	ProgXDP = xdplbProgXdplbXdp
 	ProgTC  = xdplbProgXdplbTc
+)
+
+// Sync event kinds.
+const (
+	SyncUpsert = xdplbSyncEventKindSYNC_EV_UPSERT
+	SyncDelete = xdplbSyncEventKindSYNC_EV_DELETE
 )
 
 // Flow states and directions.

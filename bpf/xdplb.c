@@ -64,6 +64,7 @@ volatile const __u32 no_backend_reset = 0;
 
 /* After the consts: it reads frontend_addr. */
 #include "icmp.h"
+#include "sync.h"
 
 static __always_inline void count(__u32 reason)
 {
@@ -124,7 +125,7 @@ static __always_inline void set_state(struct flow *f, __u8 state, __u64 now)
  * sender's direction). Only one the endpoint itself sent (see tcp.h) moves
  * the connection towards its end, in both entries so they age out
  * together; anything else is forwarded and left to the receiver. */
-static __always_inline void track_close(struct flow *f, const struct packet *p, __u64 now)
+static __always_inline void track_close(struct flow *f, const struct flow_key *k, const struct packet *p, __u64 now)
 {
 	struct flow_key tk;
 	struct flow *twin;
@@ -152,6 +153,7 @@ static __always_inline void track_close(struct flow *f, const struct packet *p, 
 		set_state(f, state, now);
 	if (twin && twin->state < state)
 		set_state(twin, state, now);
+	sync_report_pair(p->ctx, SYNC_EV_UPSERT, f, k, twin, &tk, now);
 }
 
 /* A connection the data path forgets before its end: its client counts
@@ -181,18 +183,38 @@ static __always_inline void count_client(__be32 client)
 }
 
 /* Deletes both entries of the connection f (keyed k) from map. */
-static __always_inline void forget(void *map, struct flow *f, struct flow_key *k)
+static __always_inline void forget(const struct packet *p, void *map, struct flow *f, struct flow_key *k, __u64 now)
 {
 	struct flow_key tk;
 
 	twin_key(f, &tk);
-	if (map == (void *)&flows && f->state == FLOW_ESTABLISHED)
+	if (map == (void *)&flows) {
 		uncount_client(f->dir == FLOW_TO_BACKEND ? k->saddr : f->daddr);
+		sync_report_pair(p->ctx, SYNC_EV_DELETE, f, k, bpf_map_lookup_elem(map, &tk), &tk, now);
+	}
 	bpf_map_delete_elem(map, &tk);
 	bpf_map_delete_elem(map, k);
 }
 
-static __always_inline void touch(struct flow *f, __u64 now)
+/* A packet of an established connection: note the time (at most once a
+ * second: a store per packet would bounce the cache line between CPUs),
+ * and report the connection again to the peer LB when it is due. */
+static __always_inline void touch(const struct packet *p, struct flow *f, const struct flow_key *k, __u64 now)
+{
+	struct flow_key tk;
+
+	if (now - f->last_seen_ns <= LAST_SEEN_GRANULARITY_NS)
+		return;
+	f->last_seen_ns = now;
+	if (sync_enabled && f->dir == FLOW_TO_BACKEND && f->state >= FLOW_ESTABLISHED &&
+	    now - f->synced_ns > sync_refresh_ns) {
+		twin_key(f, &tk);
+		sync_report(p->ctx, SYNC_EV_UPSERT, f, k, bpf_map_lookup_elem(&flows, &tk), now);
+	}
+}
+
+/* A half-open connection's packet: its time only. */
+static __always_inline void touch_half_open(struct flow *f, __u64 now)
 {
 	if (now - f->last_seen_ns > LAST_SEEN_GRANULARITY_NS)
 		f->last_seen_ns = now;
@@ -200,12 +222,12 @@ static __always_inline void touch(struct flow *f, __u64 now)
 
 /* Look a key up in one flow table, dropping the connection (both entries)
  * when it has aged out: the userspace GC may not have run yet. */
-static __always_inline struct flow *lookup_live(void *map, struct flow_key *k, __u64 now)
+static __always_inline struct flow *lookup_live(const struct packet *p, void *map, struct flow_key *k, __u64 now)
 {
 	struct flow *f = bpf_map_lookup_elem(map, k);
 
 	if (f && flow_expired(f, now)) {
-		forget(map, f, k);
+		forget(p, map, f, k, now);
 		count(STAT_INFO_FLOW_EXPIRED);
 		return NULL;
 	}
@@ -456,6 +478,11 @@ static __always_inline int complete_flow(struct flow *f, struct flow_key *k, con
 	bpf_map_delete_elem(&half_open, k);
 	count_client(k->saddr);
 	*apply = scratch;
+	if (sync_enabled) {
+		f = bpf_map_lookup_elem(&flows, k);
+		if (f)
+			sync_report(p->ctx, SYNC_EV_UPSERT, f, k, bpf_map_lookup_elem(&flows, &tk), now);
+	}
 	return STAT_FWD_TO_BACKEND;
 }
 
@@ -471,32 +498,32 @@ static __always_inline int client_packet(void *ctx, struct packet *p, struct flo
 	struct flow *f;
 	int r;
 
-	f = lookup_live(&flows, k, now);
+	f = lookup_live(p, &flows, k, now);
 	if (f && is_pure_syn(p->tcp_flags) && (f->state == FLOW_RESET || f->state == FLOW_CLOSED)) {
 		/* The client reuses the 4-tuple of a finished connection:
 		 * a new connection, which may go to another backend. A SYN on
 		 * a connection that is not finished goes to its backend,
 		 * whose kernel answers it (RFC 5961: a challenge ACK). */
-		forget(&flows, f, k);
+		forget(p, &flows, f, k, now);
 		count(STAT_INFO_FLOW_REOPENED);
 		f = NULL;
 	}
 	if (f) {
-		touch(f, now);
+		touch(p, f, k, now);
 		if (p->tcp_flags & (TH_FIN | TH_RST))
-			track_close(f, p, now);
+			track_close(f, k, p, now);
 		track_segment(f, p);
 		*apply = f;
 		return STAT_FWD_TO_BACKEND;
 	}
 
-	f = lookup_live(&half_open, k, now);
+	f = lookup_live(p, &half_open, k, now);
 	if (f) {
 		if ((f->flags & FLOW_F_SYNACK) && (p->tcp_flags & (TH_SYN | TH_ACK | TH_RST)) == TH_ACK)
 			return complete_flow(f, k, p, now, scratch, apply);
 		/* SYN retransmission (or the client giving up with RST):
 		 * same backend, same SNAT port. */
-		touch(f, now);
+		touch_half_open(f, now);
 		if ((p->tcp_flags & TH_RST) && trusted_rst(f, p))
 			set_state(f, FLOW_RESET, now);
 		track_segment(f, p);
@@ -520,17 +547,17 @@ static __always_inline int backend_packet(struct packet *p, struct flow_key *k, 
 	struct flow *f, *fwd;
 	__u64 *refused;
 
-	f = lookup_live(&flows, k, now);
+	f = lookup_live(p, &flows, k, now);
 	if (f) {
-		touch(f, now);
+		touch(p, f, k, now);
 		if (p->tcp_flags & (TH_FIN | TH_RST))
-			track_close(f, p, now);
+			track_close(f, k, p, now);
 		track_segment(f, p);
 		*apply = f;
 		return STAT_FWD_TO_CLIENT;
 	}
 
-	f = lookup_live(&half_open, k, now);
+	f = lookup_live(p, &half_open, k, now);
 	if (!f)
 		return STAT_PASS_REPLY_NO_FLOW;
 	twin_key(f, &ck);
@@ -554,7 +581,7 @@ static __always_inline int backend_packet(struct packet *p, struct flow_key *k, 
 	}
 
 	if ((p->tcp_flags & (TH_SYN | TH_ACK)) != (TH_SYN | TH_ACK)) {
-		touch(f, now);
+		touch_half_open(f, now);
 		if ((p->tcp_flags & TH_RST) && trusted_rst(f, p))
 			set_state(f, FLOW_RESET, now);
 		track_segment(f, p);
@@ -575,7 +602,7 @@ static __always_inline int backend_packet(struct packet *p, struct flow_key *k, 
 		fwd->flags |= FLOW_F_SYNACK;
 		track_syn(f, p);
 	}
-	touch(f, now);
+	touch_half_open(f, now);
 	*apply = f;
 	return STAT_FWD_TO_CLIENT;
 }
@@ -703,6 +730,7 @@ int xdplb_xdp(struct xdp_md *ctx)
 	const struct flow *f;
 	int r;
 
+	p.ctx = ctx;
 	p.data = (void *)(long)ctx->data;
 	p.data_end = (void *)(long)ctx->data_end;
 	p.len = p.data_end - p.data;
@@ -763,6 +791,7 @@ int xdplb_tc(struct __sk_buff *skb)
 	__u32 csum_addr, csum_port;
 	int r;
 
+	p.ctx = skb;
 	p.data = (void *)(long)skb->data;
 	p.data_end = (void *)(long)skb->data_end;
 	/* Direct access needs the headers in the linear part; ICMP errors
@@ -827,3 +856,5 @@ const enum xdplb_stat *unused_stat __attribute__((unused));
 const enum flow_state *unused_flow_state __attribute__((unused));
 const enum flow_dir *unused_flow_dir __attribute__((unused));
 const enum xdplb_limit *unused_limit __attribute__((unused));
+const struct sync_event *unused_sync_event __attribute__((unused));
+const enum sync_event_kind *unused_sync_event_kind __attribute__((unused));

@@ -52,6 +52,7 @@ type xdplbFlow struct {
 	SeqNext    uint32
 	Pad2       uint32
 	_          [4]byte
+	SyncedNs   uint64
 }
 
 type xdplbFlowDir uint32
@@ -86,6 +87,31 @@ type xdplbLbControl struct {
 	MaglevActive uint32
 	RefuseNew    uint32
 }
+
+type xdplbSyncEvent struct {
+	_            structs.HostLayout
+	Kind         uint8
+	State        uint8
+	ClientFlags  uint8
+	BackendFlags uint8
+	Backend      uint32
+	Key          xdplbFlowKey
+	SnatPort     uint16
+	ClientMac    [6]uint8
+	ClientSeq    uint32
+	BackendSeq   uint32
+	Pad          uint32
+	_            [4]byte
+	CreatedNs    uint64
+	LastSeenNs   uint64
+}
+
+type xdplbSyncEventKind uint32
+
+const (
+	xdplbSyncEventKindSYNC_EV_UPSERT xdplbSyncEventKind = 1
+	xdplbSyncEventKindSYNC_EV_DELETE xdplbSyncEventKind = 2
+)
 
 type xdplbXdplbLimit uint32
 
@@ -150,6 +176,7 @@ const (
 	xdplbMapMaglev               = "maglev"
 	xdplbMapSnatCursor           = "snat_cursor"
 	xdplbMapStats                = "stats"
+	xdplbMapSyncEvents           = "sync_events"
 	xdplbProgXdplbTc             = "xdplb_tc"
 	xdplbProgXdplbXdp            = "xdplb_xdp"
 	xdplbVarFrontendAddr         = "frontend_addr"
@@ -160,6 +187,8 @@ const (
 	xdplbVarRefusedHoldNs        = "refused_hold_ns"
 	xdplbVarSnatPortHi           = "snat_port_hi"
 	xdplbVarSnatPortLo           = "snat_port_lo"
+	xdplbVarSyncEnabled          = "sync_enabled"
+	xdplbVarSyncRefreshNs        = "sync_refresh_ns"
 	xdplbVarTimeoutClosingNs     = "timeout_closing_ns"
 	xdplbVarTimeoutEstablishedNs = "timeout_established_ns"
 	xdplbVarTimeoutResetNs       = "timeout_reset_ns"
@@ -168,6 +197,8 @@ const (
 	xdplbVarUnusedFlowState      = "unused_flow_state"
 	xdplbVarUnusedLimit          = "unused_limit"
 	xdplbVarUnusedStat           = "unused_stat"
+	xdplbVarUnusedSyncEvent      = "unused_sync_event"
+	xdplbVarUnusedSyncEventKind  = "unused_sync_event_kind"
 )
 
 // loadXdplb returns the embedded CollectionSpec for xdplb.
@@ -230,6 +261,7 @@ type xdplbMapSpecs struct {
 	Maglev         *ebpf.MapSpec `ebpf:"maglev"`
 	SnatCursor     *ebpf.MapSpec `ebpf:"snat_cursor"`
 	Stats          *ebpf.MapSpec `ebpf:"stats"`
+	SyncEvents     *ebpf.MapSpec `ebpf:"sync_events"`
 }
 
 // xdplbVariableSpecs contains global variables before they are loaded into the kernel.
@@ -244,6 +276,8 @@ type xdplbVariableSpecs struct {
 	RefusedHoldNs        *ebpf.VariableSpec `ebpf:"refused_hold_ns"`
 	SnatPortHi           *ebpf.VariableSpec `ebpf:"snat_port_hi"`
 	SnatPortLo           *ebpf.VariableSpec `ebpf:"snat_port_lo"`
+	SyncEnabled          *ebpf.VariableSpec `ebpf:"sync_enabled"`
+	SyncRefreshNs        *ebpf.VariableSpec `ebpf:"sync_refresh_ns"`
 	TimeoutClosingNs     *ebpf.VariableSpec `ebpf:"timeout_closing_ns"`
 	TimeoutEstablishedNs *ebpf.VariableSpec `ebpf:"timeout_established_ns"`
 	TimeoutResetNs       *ebpf.VariableSpec `ebpf:"timeout_reset_ns"`
@@ -252,6 +286,8 @@ type xdplbVariableSpecs struct {
 	UnusedFlowState      *ebpf.VariableSpec `ebpf:"unused_flow_state"`
 	UnusedLimit          *ebpf.VariableSpec `ebpf:"unused_limit"`
 	UnusedStat           *ebpf.VariableSpec `ebpf:"unused_stat"`
+	UnusedSyncEvent      *ebpf.VariableSpec `ebpf:"unused_sync_event"`
+	UnusedSyncEventKind  *ebpf.VariableSpec `ebpf:"unused_sync_event_kind"`
 }
 
 // xdplbObjects contains all objects after they have been loaded into the kernel.
@@ -284,6 +320,7 @@ type xdplbMaps struct {
 	Maglev         *ebpf.Map `ebpf:"maglev"`
 	SnatCursor     *ebpf.Map `ebpf:"snat_cursor"`
 	Stats          *ebpf.Map `ebpf:"stats"`
+	SyncEvents     *ebpf.Map `ebpf:"sync_events"`
 }
 
 func (m *xdplbMaps) Close() error {
@@ -298,6 +335,7 @@ func (m *xdplbMaps) Close() error {
 		m.Maglev,
 		m.SnatCursor,
 		m.Stats,
+		m.SyncEvents,
 	)
 }
 
@@ -313,6 +351,8 @@ type xdplbVariables struct {
 	RefusedHoldNs        *ebpf.Variable `ebpf:"refused_hold_ns"`
 	SnatPortHi           *ebpf.Variable `ebpf:"snat_port_hi"`
 	SnatPortLo           *ebpf.Variable `ebpf:"snat_port_lo"`
+	SyncEnabled          *ebpf.Variable `ebpf:"sync_enabled"`
+	SyncRefreshNs        *ebpf.Variable `ebpf:"sync_refresh_ns"`
 	TimeoutClosingNs     *ebpf.Variable `ebpf:"timeout_closing_ns"`
 	TimeoutEstablishedNs *ebpf.Variable `ebpf:"timeout_established_ns"`
 	TimeoutResetNs       *ebpf.Variable `ebpf:"timeout_reset_ns"`
@@ -321,6 +361,8 @@ type xdplbVariables struct {
 	UnusedFlowState      *ebpf.Variable `ebpf:"unused_flow_state"`
 	UnusedLimit          *ebpf.Variable `ebpf:"unused_limit"`
 	UnusedStat           *ebpf.Variable `ebpf:"unused_stat"`
+	UnusedSyncEvent      *ebpf.Variable `ebpf:"unused_sync_event"`
+	UnusedSyncEventKind  *ebpf.Variable `ebpf:"unused_sync_event_kind"`
 }
 
 // xdplbPrograms contains all programs after they have been loaded into the kernel.

@@ -89,6 +89,14 @@ struct {
 	__type(value, __u32);
 } snat_cursor SEC(".maps");
 
+/* Flow sync events (struct sync_event), one ring per CPU; userspace sizes
+ * it to the CPUs at load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+} sync_events SEC(".maps");
+
 /* Established connections per client address, for the per-client limit.
  * The data path counts opens and the closes it sees; userspace rewrites
  * the exact counts at every flow GC. */

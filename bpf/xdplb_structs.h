@@ -98,6 +98,8 @@ struct flow {
 	 * RST or FIN (valid when FLOW_F_SEQ says so). */
 	__u32 seq_next; /* the sender's next sequence number: highest seq + length seen */
 	__u32 pad2;
+	/* When this connection was last reported to the peer LB (sync). */
+	__u64 synced_ns;
 };
 
 /* A half-open flow whose backend has answered the SYN: the client's ACK
@@ -124,6 +126,31 @@ struct backend_counters {
 	__u64 packets;
 	__u64 bytes;
 	__u64 new_flows;
+};
+
+/* What the data path tells userspace of a connection for the peer LB
+ * (flow sync): through a perf event array, which Linux 5.4 has. One event
+ * describes the whole connection, as seen by its client->frontend entry and
+ * its reply entry. */
+enum sync_event_kind {
+	SYNC_EV_UPSERT = 1, /* established, changed state, or refreshed */
+	SYNC_EV_DELETE = 2, /* forgotten by the data path (expired, reopened) */
+};
+
+struct sync_event {
+	__u8 kind;       /* enum sync_event_kind */
+	__u8 state;      /* enum flow_state */
+	__u8 client_flags; /* FLOW_F_* of the client->frontend entry */
+	__u8 backend_flags; /* FLOW_F_* of the reply entry */
+	__u32 backend;   /* backend index (of this node) */
+	struct flow_key key; /* client -> frontend */
+	__be16 snat_port;
+	__u8 client_mac[6]; /* the client's next hop, learnt from its SYN */
+	__u32 client_seq;   /* the client's next sequence number */
+	__u32 backend_seq;  /* the backend's */
+	__u32 pad;
+	__u64 created_ns;
+	__u64 last_seen_ns;
 };
 
 /* Single-entry array: state userspace sets for the data path. */

@@ -52,6 +52,7 @@ type xdplbCoarseFlow struct {
 	SeqNext    uint32
 	Pad2       uint32
 	_          [4]byte
+	SyncedNs   uint64
 }
 
 type xdplbCoarseFlowKey struct {
@@ -84,6 +85,7 @@ const (
 	xdplbCoarseMapMaglev               = "maglev"
 	xdplbCoarseMapSnatCursor           = "snat_cursor"
 	xdplbCoarseMapStats                = "stats"
+	xdplbCoarseMapSyncEvents           = "sync_events"
 	xdplbCoarseProgXdplbTc             = "xdplb_tc"
 	xdplbCoarseProgXdplbXdp            = "xdplb_xdp"
 	xdplbCoarseVarFrontendAddr         = "frontend_addr"
@@ -94,6 +96,8 @@ const (
 	xdplbCoarseVarRefusedHoldNs        = "refused_hold_ns"
 	xdplbCoarseVarSnatPortHi           = "snat_port_hi"
 	xdplbCoarseVarSnatPortLo           = "snat_port_lo"
+	xdplbCoarseVarSyncEnabled          = "sync_enabled"
+	xdplbCoarseVarSyncRefreshNs        = "sync_refresh_ns"
 	xdplbCoarseVarTimeoutClosingNs     = "timeout_closing_ns"
 	xdplbCoarseVarTimeoutEstablishedNs = "timeout_established_ns"
 	xdplbCoarseVarTimeoutResetNs       = "timeout_reset_ns"
@@ -102,6 +106,8 @@ const (
 	xdplbCoarseVarUnusedFlowState      = "unused_flow_state"
 	xdplbCoarseVarUnusedLimit          = "unused_limit"
 	xdplbCoarseVarUnusedStat           = "unused_stat"
+	xdplbCoarseVarUnusedSyncEvent      = "unused_sync_event"
+	xdplbCoarseVarUnusedSyncEventKind  = "unused_sync_event_kind"
 )
 
 // loadXdplbCoarse returns the embedded CollectionSpec for xdplbCoarse.
@@ -164,6 +170,7 @@ type xdplbCoarseMapSpecs struct {
 	Maglev         *ebpf.MapSpec `ebpf:"maglev"`
 	SnatCursor     *ebpf.MapSpec `ebpf:"snat_cursor"`
 	Stats          *ebpf.MapSpec `ebpf:"stats"`
+	SyncEvents     *ebpf.MapSpec `ebpf:"sync_events"`
 }
 
 // xdplbCoarseVariableSpecs contains global variables before they are loaded into the kernel.
@@ -178,6 +185,8 @@ type xdplbCoarseVariableSpecs struct {
 	RefusedHoldNs        *ebpf.VariableSpec `ebpf:"refused_hold_ns"`
 	SnatPortHi           *ebpf.VariableSpec `ebpf:"snat_port_hi"`
 	SnatPortLo           *ebpf.VariableSpec `ebpf:"snat_port_lo"`
+	SyncEnabled          *ebpf.VariableSpec `ebpf:"sync_enabled"`
+	SyncRefreshNs        *ebpf.VariableSpec `ebpf:"sync_refresh_ns"`
 	TimeoutClosingNs     *ebpf.VariableSpec `ebpf:"timeout_closing_ns"`
 	TimeoutEstablishedNs *ebpf.VariableSpec `ebpf:"timeout_established_ns"`
 	TimeoutResetNs       *ebpf.VariableSpec `ebpf:"timeout_reset_ns"`
@@ -186,6 +195,8 @@ type xdplbCoarseVariableSpecs struct {
 	UnusedFlowState      *ebpf.VariableSpec `ebpf:"unused_flow_state"`
 	UnusedLimit          *ebpf.VariableSpec `ebpf:"unused_limit"`
 	UnusedStat           *ebpf.VariableSpec `ebpf:"unused_stat"`
+	UnusedSyncEvent      *ebpf.VariableSpec `ebpf:"unused_sync_event"`
+	UnusedSyncEventKind  *ebpf.VariableSpec `ebpf:"unused_sync_event_kind"`
 }
 
 // xdplbCoarseObjects contains all objects after they have been loaded into the kernel.
@@ -218,6 +229,7 @@ type xdplbCoarseMaps struct {
 	Maglev         *ebpf.Map `ebpf:"maglev"`
 	SnatCursor     *ebpf.Map `ebpf:"snat_cursor"`
 	Stats          *ebpf.Map `ebpf:"stats"`
+	SyncEvents     *ebpf.Map `ebpf:"sync_events"`
 }
 
 func (m *xdplbCoarseMaps) Close() error {
@@ -232,6 +244,7 @@ func (m *xdplbCoarseMaps) Close() error {
 		m.Maglev,
 		m.SnatCursor,
 		m.Stats,
+		m.SyncEvents,
 	)
 }
 
@@ -247,6 +260,8 @@ type xdplbCoarseVariables struct {
 	RefusedHoldNs        *ebpf.Variable `ebpf:"refused_hold_ns"`
 	SnatPortHi           *ebpf.Variable `ebpf:"snat_port_hi"`
 	SnatPortLo           *ebpf.Variable `ebpf:"snat_port_lo"`
+	SyncEnabled          *ebpf.Variable `ebpf:"sync_enabled"`
+	SyncRefreshNs        *ebpf.Variable `ebpf:"sync_refresh_ns"`
 	TimeoutClosingNs     *ebpf.Variable `ebpf:"timeout_closing_ns"`
 	TimeoutEstablishedNs *ebpf.Variable `ebpf:"timeout_established_ns"`
 	TimeoutResetNs       *ebpf.Variable `ebpf:"timeout_reset_ns"`
@@ -255,6 +270,8 @@ type xdplbCoarseVariables struct {
 	UnusedFlowState      *ebpf.Variable `ebpf:"unused_flow_state"`
 	UnusedLimit          *ebpf.Variable `ebpf:"unused_limit"`
 	UnusedStat           *ebpf.Variable `ebpf:"unused_stat"`
+	UnusedSyncEvent      *ebpf.Variable `ebpf:"unused_sync_event"`
+	UnusedSyncEventKind  *ebpf.Variable `ebpf:"unused_sync_event_kind"`
 }
 
 // xdplbCoarsePrograms contains all programs after they have been loaded into the kernel.
