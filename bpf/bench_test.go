@@ -153,7 +153,7 @@ func (h *harness) identityFlow(k FlowKey) {
 		Dmac: mac(0x50), State: uint8(FlowEstablished), Dir: uint8(FlowToBackend),
 		CreatedNs: 1, LastSeenNs: 1 << 62,
 	}
-	if err := h.maps.Flows.Put(k, f); err != nil {
+	if err := h.maps.XdplbFlows.Put(k, f); err != nil {
 		h.t.Fatal(err)
 	}
 }

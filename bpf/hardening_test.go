@@ -272,7 +272,7 @@ func TestSpoofedRSTToSYN(t *testing.T) {
 		}
 	}
 	var refused uint64
-	h.maps.BackendRefused.Lookup(be.id, &refused)
+	h.maps.XdplbRefused.Lookup(be.id, &refused)
 	if _, ok := h.flow(TableHalfOpen, Key(agent1, frontend)); !ok || refused != 0 {
 		t.Fatalf("spoofed RSTs broke the handshake (entry kept: %v, backend flagged at %d)", ok, refused)
 	}
@@ -329,7 +329,7 @@ func TestFullTableRefusesWithRST(t *testing.T) {
 				t.Fatal("the established connection broke")
 			}
 
-			if err := h.maps.Control.Put(uint32(0), LBControl{RefuseNew: 1}); err != nil {
+			if err := h.maps.XdplbControl.Put(uint32(0), LBControl{RefuseNew: 1}); err != nil {
 				t.Fatal(err)
 			}
 			syn := packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: other, Dst: frontend, Flags: packet.SYN, Seq: 9000, Options: []byte{2, 4, 5, 0xb4}}
@@ -351,7 +351,7 @@ func TestClientLimit(t *testing.T) {
 	openConn(t, h, hk, netip.AddrPortFrom(a, 40001))
 	openConn(t, h, hk, netip.AddrPortFrom(a, 40002))
 	var n uint32
-	if err := h.maps.ClientConns.Lookup(BE32(a), &n); err != nil || n != 2 {
+	if err := h.maps.XdplbClients.Lookup(BE32(a), &n); err != nil || n != 2 {
 		t.Fatalf("client_conns[%v] = %d, %v; want 2", a, n, err)
 	}
 	syn := packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: netip.AddrPortFrom(a, 40003), Dst: frontend, Flags: packet.SYN, Seq: 1}
@@ -370,7 +370,7 @@ func TestFollowsBackendMAC(t *testing.T) {
 		h := newHarness(t, Config{}, threeServers)
 		c := openConn(t, h, hk, agent1)
 		be := Backend{Addr: BE32(c.be.addr.Addr()), Port: BE16(c.be.addr.Port()), Flags: BackendFlagMAC, Mac: mac(0xaa), Smac: lbMAC}
-		if err := h.maps.Backends.Put(c.be.id, be); err != nil {
+		if err := h.maps.XdplbBackends.Put(c.be.id, be); err != nil {
 			t.Fatal(err)
 		}
 		r := c.fromClient(packet.ACK, []byte("after the NIC change"))
@@ -530,7 +530,7 @@ func TestSNATPortsInTurn(t *testing.T) {
 		}
 		seen[port] = true
 		// The flood evicts both entries.
-		h.maps.HalfOpen.Delete(Key(src, frontend))
-		h.maps.HalfOpen.Delete(f.Twin())
+		h.maps.XdplbHalfOpen.Delete(Key(src, frontend))
+		h.maps.XdplbHalfOpen.Delete(f.Twin())
 	}
 }

@@ -69,7 +69,7 @@ func withMapSize(m func(*MapSpecs) *ebpf.MapSpec, n uint32) harnessOpt {
 	return func(spec *MapSpecs) { m(spec).MaxEntries = n }
 }
 
-func halfOpenSpec(s *MapSpecs) *ebpf.MapSpec { return s.HalfOpen }
+func halfOpenSpec(s *MapSpecs) *ebpf.MapSpec { return s.XdplbHalfOpen }
 
 func newHarness(t testing.TB, cfg Config, backends []testBackend, opts ...harnessOpt) *harness {
 	t.Helper()
@@ -115,7 +115,7 @@ func (h *harness) setBackends(bs []testBackend) {
 	h.t.Helper()
 	for _, b := range bs {
 		be := Backend{Addr: BE32(b.addr.Addr()), Port: BE16(b.addr.Port()), Flags: BackendFlagMAC, Mac: b.mac, Smac: lbMAC}
-		if err := h.maps.Backends.Put(b.id, be); err != nil {
+		if err := h.maps.XdplbBackends.Put(b.id, be); err != nil {
 			h.t.Fatal(err)
 		}
 	}
@@ -128,7 +128,7 @@ func (h *harness) setBackends(bs []testBackend) {
 		}
 	}
 	h.putTable(0, table)
-	if err := h.maps.Control.Put(uint32(0), LBControl{MaglevActive: 0}); err != nil {
+	if err := h.maps.XdplbControl.Put(uint32(0), LBControl{MaglevActive: 0}); err != nil {
 		h.t.Fatal(err)
 	}
 }
@@ -139,7 +139,7 @@ const emptySlot = ^uint32(0)
 
 func (h *harness) putTable(half uint32, table []uint32) {
 	h.t.Helper()
-	if err := PutMaglev(h.maps.Maglev, half, table); err != nil {
+	if err := PutMaglev(h.maps.XdplbMaglev, half, table); err != nil {
 		h.t.Fatal(err)
 	}
 }
@@ -156,7 +156,7 @@ func (h *harness) stats() []uint64 {
 	out := make([]uint64, StatCount)
 	for i := range out {
 		var per []uint64
-		if err := h.maps.Stats.Lookup(uint32(i), &per); err != nil {
+		if err := h.maps.XdplbStats.Lookup(uint32(i), &per); err != nil {
 			h.t.Fatal(err)
 		}
 		for _, v := range per {
@@ -169,7 +169,7 @@ func (h *harness) stats() []uint64 {
 func (h *harness) backendCounters(id uint32) BackendCounters {
 	h.t.Helper()
 	var per []BackendCounters
-	if err := h.maps.BackendStats.Lookup(id, &per); err != nil {
+	if err := h.maps.XdplbBeStats.Lookup(id, &per); err != nil {
 		h.t.Fatal(err)
 	}
 	var sum BackendCounters
@@ -213,9 +213,9 @@ func (h *harness) tryRun(prog *ebpf.Program, in []byte) (result, error) {
 // table is the map of a flow table.
 func (h *harness) table(t FlowTable) *ebpf.Map {
 	if t == TableHalfOpen {
-		return h.maps.HalfOpen
+		return h.maps.XdplbHalfOpen
 	}
-	return h.maps.Flows
+	return h.maps.XdplbFlows
 }
 
 func (h *harness) flow(t FlowTable, k FlowKey) (Flow, bool) {

@@ -22,13 +22,13 @@ func TestLimitsMatchMaps(t *testing.T) {
 			what      string
 			got, want uint32
 		}{
-			{"flows", m.Flows.MaxEntries, FlowsMax},
-			{"half_open", m.HalfOpen.MaxEntries, HalfOpenMax},
-			{"backends", m.Backends.MaxEntries, MaxBackends},
-			{"backend_refused", m.BackendRefused.MaxEntries, MaxBackends},
-			{"backend_stats", m.BackendStats.MaxEntries, MaxBackends},
-			{"maglev", m.Maglev.MaxEntries, 2 * MaglevSize},
-			{"stats", m.Stats.MaxEntries, uint32(StatCount)},
+			{"flows", m.XdplbFlows.MaxEntries, FlowsMax},
+			{"half_open", m.XdplbHalfOpen.MaxEntries, HalfOpenMax},
+			{"backends", m.XdplbBackends.MaxEntries, MaxBackends},
+			{"backend_refused", m.XdplbRefused.MaxEntries, MaxBackends},
+			{"backend_stats", m.XdplbBeStats.MaxEntries, MaxBackends},
+			{"maglev", m.XdplbMaglev.MaxEntries, 2 * MaglevSize},
+			{"stats", m.XdplbStats.MaxEntries, uint32(StatCount)},
 		} {
 			if c.got != c.want {
 				t.Errorf("%s: map %s has %d entries, Go says %d", name, c.what, c.got, c.want)

@@ -148,7 +148,7 @@ func LoadSpec(cfg Config) (*ebpf.CollectionSpec, error) {
 	if err := spec.Assign(&objs); err != nil {
 		return nil, fmt.Errorf("bpf object: %w", err)
 	}
-	objs.Flows.MaxEntries = cfg.FlowEntries()
+	objs.XdplbFlows.MaxEntries = cfg.FlowEntries()
 	vars := objs.VariableSpecs
 	var noBackendReset, syncEnabled uint32
 	if cfg.NoBackendReset {

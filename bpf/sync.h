@@ -48,7 +48,7 @@ static __always_inline void sync_report(void *ctx, __u8 kind, struct flow *clien
 		reply->synced_ns = now;
 	}
 	client->synced_ns = now;
-	bpf_perf_event_output(ctx, &sync_events, BPF_F_CURRENT_CPU, &ev, sizeof(ev));
+	bpf_perf_event_output(ctx, &xdplb_sync_ev, BPF_F_CURRENT_CPU, &ev, sizeof(ev));
 }
 
 /* Report the connection entry f (keyed k) and its twin tf (keyed tk)

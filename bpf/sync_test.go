@@ -21,7 +21,7 @@ type syncEvents struct {
 
 func newSyncEvents(t *testing.T, h *harness) *syncEvents {
 	t.Helper()
-	r, err := perf.NewReader(h.maps.SyncEvents, os.Getpagesize())
+	r, err := perf.NewReader(h.maps.XdplbSyncEv, os.Getpagesize())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +99,7 @@ func TestSyncEvents(t *testing.T) {
 					f, _ := h.flow(TableEstablished, k)
 					f.LastSeenNs -= 2e9
 					f.SyncedNs -= 2e9
-					h.maps.Flows.Put(k, f)
+					h.maps.XdplbFlows.Put(k, f)
 				}
 			}
 			lastSeen()

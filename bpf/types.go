@@ -99,12 +99,20 @@ const (
 // FlowTables lists both tables.
 var FlowTables = []FlowTable{TableEstablished, TableHalfOpen}
 
-// String is the table's map name.
+// String names the table in status and metrics.
 func (t FlowTable) String() string {
 	if t == TableHalfOpen {
-		return xdplbMapHalfOpen
+		return "half_open"
 	}
-	return xdplbMapFlows
+	return "flows"
+}
+
+// MapName is the table's map (and pin) name.
+func (t FlowTable) MapName() string {
+	if t == TableHalfOpen {
+		return xdplbMapXdplbHalfOpen
+	}
+	return xdplbMapXdplbFlows
 }
 
 func (s FlowState) String() string {

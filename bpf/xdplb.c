@@ -68,7 +68,7 @@ volatile const __u32 no_backend_reset = 0;
 
 static __always_inline void count(__u32 reason)
 {
-	__u64 *c = bpf_map_lookup_elem(&stats, &reason);
+	__u64 *c = bpf_map_lookup_elem(&xdplb_stats, &reason);
 
 	if (c)
 		*c += 1;
@@ -76,7 +76,7 @@ static __always_inline void count(__u32 reason)
 
 static __always_inline void count_backend(__u32 id, __u32 bytes, int new_flow)
 {
-	struct backend_counters *s = bpf_map_lookup_elem(&backend_stats, &id);
+	struct backend_counters *s = bpf_map_lookup_elem(&xdplb_be_stats, &id);
 
 	if (!s)
 		return;
@@ -146,7 +146,7 @@ static __always_inline void track_close(struct flow *f, const struct flow_key *k
 		state = FLOW_CLOSING;
 	}
 	twin_key(f, &tk);
-	twin = bpf_map_lookup_elem(&flows, &tk);
+	twin = bpf_map_lookup_elem(&xdplb_flows, &tk);
 	if (state == FLOW_CLOSING && twin && (twin->flags & FLOW_F_FIN))
 		state = FLOW_CLOSED;
 	if (f->state < state)
@@ -160,7 +160,7 @@ static __always_inline void track_close(struct flow *f, const struct flow_key *k
  * one connection less. */
 static __always_inline void uncount_client(__be32 client)
 {
-	__u32 *n = bpf_map_lookup_elem(&client_conns, &client);
+	__u32 *n = bpf_map_lookup_elem(&xdplb_clients, &client);
 
 	if (n && *n > 0)
 		__sync_fetch_and_add(n, -1);
@@ -168,15 +168,15 @@ static __always_inline void uncount_client(__be32 client)
 
 static __always_inline void count_client(__be32 client)
 {
-	__u32 *n = bpf_map_lookup_elem(&client_conns, &client);
+	__u32 *n = bpf_map_lookup_elem(&xdplb_clients, &client);
 	__u32 one = 1;
 
 	if (n) {
 		__sync_fetch_and_add(n, 1);
 		return;
 	}
-	if (bpf_map_update_elem(&client_conns, &client, &one, BPF_NOEXIST)) {
-		n = bpf_map_lookup_elem(&client_conns, &client);
+	if (bpf_map_update_elem(&xdplb_clients, &client, &one, BPF_NOEXIST)) {
+		n = bpf_map_lookup_elem(&xdplb_clients, &client);
 		if (n)
 			__sync_fetch_and_add(n, 1);
 	}
@@ -188,7 +188,7 @@ static __always_inline void forget(const struct packet *p, void *map, struct flo
 	struct flow_key tk;
 
 	twin_key(f, &tk);
-	if (map == (void *)&flows) {
+	if (map == (void *)&xdplb_flows) {
 		uncount_client(f->dir == FLOW_TO_BACKEND ? k->saddr : f->daddr);
 		sync_report_pair(p->ctx, SYNC_EV_DELETE, f, k, bpf_map_lookup_elem(map, &tk), &tk, now);
 	}
@@ -209,7 +209,7 @@ static __always_inline void touch(const struct packet *p, struct flow *f, const 
 	if (sync_enabled && f->dir == FLOW_TO_BACKEND && f->state >= FLOW_ESTABLISHED &&
 	    now - f->synced_ns > sync_refresh_ns) {
 		twin_key(f, &tk);
-		sync_report(p->ctx, SYNC_EV_UPSERT, f, k, bpf_map_lookup_elem(&flows, &tk), now);
+		sync_report(p->ctx, SYNC_EV_UPSERT, f, k, bpf_map_lookup_elem(&xdplb_flows, &tk), now);
 	}
 }
 
@@ -248,7 +248,7 @@ static __always_inline __u32 pick_backend(const struct flow_key *k, __u64 now)
 	__u32 *id;
 	__u64 *refused;
 
-	ctl = bpf_map_lookup_elem(&control, &zero);
+	ctl = bpf_map_lookup_elem(&xdplb_control, &zero);
 	if (!ctl)
 		return NO_BACKEND;
 	hash = flow_hash(k);
@@ -258,10 +258,10 @@ static __always_inline __u32 pick_backend(const struct flow_key *k, __u64 now)
 		slot = hash % XDPLB_MAGLEV_SIZE;
 		if (ctl->maglev_active)
 			slot += XDPLB_MAGLEV_SIZE;
-		id = bpf_map_lookup_elem(&maglev, &slot);
+		id = bpf_map_lookup_elem(&xdplb_maglev, &slot);
 		if (!id || *id >= XDPLB_MAX_BACKENDS)
 			return NO_BACKEND;
-		refused = bpf_map_lookup_elem(&backend_refused, id);
+		refused = bpf_map_lookup_elem(&xdplb_refused, id);
 		if (!refused || *refused == 0 || now - *refused > refused_hold_ns)
 			return *id;
 		hash = hash * 0x9e3779b1 + 1;
@@ -328,7 +328,7 @@ static __always_inline void egress_of_flow(struct egress *out, const struct flow
  * userspace has not resolved it (bpf_fib_lookup gave it). */
 static __always_inline void egress_to_backend(struct egress *out, const struct flow *f, __u32 in_ifindex)
 {
-	struct backend *be = bpf_map_lookup_elem(&backends, &f->backend);
+	struct backend *be = bpf_map_lookup_elem(&xdplb_backends, &f->backend);
 
 	if (be && (be->flags & BACKEND_F_MAC)) {
 		__builtin_memcpy(out->dmac, be->mac, ETH_ALEN);
@@ -353,18 +353,18 @@ static __always_inline int open_flow(void *ctx, const struct packet *p, const st
 	__u16 port = 0;
 	int claimed = 0;
 
-	ctl = bpf_map_lookup_elem(&control, &zero);
+	ctl = bpf_map_lookup_elem(&xdplb_control, &zero);
 	if (ctl && ctl->refuse_new)
 		return STAT_RESET_TABLE_FULL;
 	if (max_conns_per_client) {
-		held = bpf_map_lookup_elem(&client_conns, &ck->saddr);
+		held = bpf_map_lookup_elem(&xdplb_clients, &ck->saddr);
 		if (held && *held >= max_conns_per_client)
 			return STAT_RESET_CLIENT_LIMIT;
 	}
 	id = pick_backend(ck, now);
 	if (id == NO_BACKEND)
 		return no_backend_reset ? STAT_RESET_NO_BACKEND : STAT_DROP_NO_BACKEND;
-	be = bpf_map_lookup_elem(&backends, &id);
+	be = bpf_map_lookup_elem(&xdplb_backends, &id);
 	if (!be || be->addr == 0)
 		return no_backend_reset ? STAT_RESET_NO_BACKEND : STAT_DROP_NO_BACKEND;
 
@@ -394,7 +394,7 @@ static __always_inline int open_flow(void *ctx, const struct packet *p, const st
 	rk.proto = IPPROTO_TCP;
 
 	range = (__u32)snat_port_hi - snat_port_lo + 1;
-	cursor = bpf_map_lookup_elem(&snat_cursor, &id);
+	cursor = bpf_map_lookup_elem(&xdplb_snat_next, &id);
 	if (!cursor)
 		return STAT_DROP_PORTS_EXHAUSTED;
 	if (*cursor == 0)
@@ -404,11 +404,11 @@ static __always_inline int open_flow(void *ctx, const struct packet *p, const st
 		next = (*cursor + i) % range;
 		port = snat_port_lo + next;
 		rk.dport = bpf_htons(port);
-		if (bpf_map_lookup_elem(&flows, &rk))
+		if (bpf_map_lookup_elem(&xdplb_flows, &rk))
 			continue;
 		rev.csum_port = csum_add(csum_diff16(be->port, frontend_port), csum_diff16(rk.dport, ck->sport));
 		/* NOEXIST makes the claim atomic against other CPUs. */
-		if (bpf_map_update_elem(&half_open, &rk, &rev, BPF_NOEXIST) == 0) {
+		if (bpf_map_update_elem(&xdplb_half_open, &rk, &rev, BPF_NOEXIST) == 0) {
 			claimed = 1;
 			*cursor = next + 1;
 			break;
@@ -429,8 +429,8 @@ static __always_inline int open_flow(void *ctx, const struct packet *p, const st
 	out->state = FLOW_SYN_SENT;
 	out->dir = FLOW_TO_BACKEND;
 	track_syn(out, p);
-	if (bpf_map_update_elem(&half_open, ck, out, BPF_ANY)) {
-		bpf_map_delete_elem(&half_open, &rk);
+	if (bpf_map_update_elem(&xdplb_half_open, ck, out, BPF_ANY)) {
+		bpf_map_delete_elem(&xdplb_half_open, &rk);
 		return STAT_DROP_FLOW_INSERT;
 	}
 	return STAT_FWD_NEW_FLOW;
@@ -447,20 +447,20 @@ static __always_inline int complete_flow(struct flow *f, struct flow_key *k, con
 	struct flow *rev;
 
 	twin_key(f, &tk);
-	rev = bpf_map_lookup_elem(&half_open, &tk);
+	rev = bpf_map_lookup_elem(&xdplb_half_open, &tk);
 	if (!rev) {
 		/* The reply half was evicted: the client's ACK cannot be
 		 * answered; let the kernel reset it so it reconnects. */
-		bpf_map_delete_elem(&half_open, k);
+		bpf_map_delete_elem(&xdplb_half_open, k);
 		return STAT_PASS_NO_FLOW;
 	}
 	__builtin_memcpy(scratch, rev, sizeof(*scratch));
 	scratch->state = FLOW_ESTABLISHED;
 	scratch->flags &= ~FLOW_F_SYNACK;
 	scratch->last_seen_ns = now;
-	if (bpf_map_update_elem(&flows, &tk, scratch, BPF_NOEXIST)) {
-		bpf_map_delete_elem(&half_open, &tk);
-		bpf_map_delete_elem(&half_open, k);
+	if (bpf_map_update_elem(&xdplb_flows, &tk, scratch, BPF_NOEXIST)) {
+		bpf_map_delete_elem(&xdplb_half_open, &tk);
+		bpf_map_delete_elem(&xdplb_half_open, k);
 		return STAT_RESET_TABLE_FULL;
 	}
 	__builtin_memcpy(scratch, f, sizeof(*scratch));
@@ -468,20 +468,20 @@ static __always_inline int complete_flow(struct flow *f, struct flow_key *k, con
 	scratch->flags &= ~FLOW_F_SYNACK;
 	scratch->last_seen_ns = now;
 	track_segment(scratch, p);
-	if (bpf_map_update_elem(&flows, k, scratch, BPF_NOEXIST)) {
-		bpf_map_delete_elem(&flows, &tk);
-		bpf_map_delete_elem(&half_open, &tk);
-		bpf_map_delete_elem(&half_open, k);
+	if (bpf_map_update_elem(&xdplb_flows, k, scratch, BPF_NOEXIST)) {
+		bpf_map_delete_elem(&xdplb_flows, &tk);
+		bpf_map_delete_elem(&xdplb_half_open, &tk);
+		bpf_map_delete_elem(&xdplb_half_open, k);
 		return STAT_RESET_TABLE_FULL;
 	}
-	bpf_map_delete_elem(&half_open, &tk);
-	bpf_map_delete_elem(&half_open, k);
+	bpf_map_delete_elem(&xdplb_half_open, &tk);
+	bpf_map_delete_elem(&xdplb_half_open, k);
 	count_client(k->saddr);
 	*apply = scratch;
 	if (sync_enabled) {
-		f = bpf_map_lookup_elem(&flows, k);
+		f = bpf_map_lookup_elem(&xdplb_flows, k);
 		if (f)
-			sync_report(p->ctx, SYNC_EV_UPSERT, f, k, bpf_map_lookup_elem(&flows, &tk), now);
+			sync_report(p->ctx, SYNC_EV_UPSERT, f, k, bpf_map_lookup_elem(&xdplb_flows, &tk), now);
 	}
 	return STAT_FWD_TO_BACKEND;
 }
@@ -498,13 +498,13 @@ static __always_inline int client_packet(void *ctx, struct packet *p, struct flo
 	struct flow *f;
 	int r;
 
-	f = lookup_live(p, &flows, k, now);
+	f = lookup_live(p, &xdplb_flows, k, now);
 	if (f && is_pure_syn(p->tcp_flags) && (f->state == FLOW_RESET || f->state == FLOW_CLOSED)) {
 		/* The client reuses the 4-tuple of a finished connection:
 		 * a new connection, which may go to another backend. A SYN on
 		 * a connection that is not finished goes to its backend,
 		 * whose kernel answers it (RFC 5961: a challenge ACK). */
-		forget(p, &flows, f, k, now);
+		forget(p, &xdplb_flows, f, k, now);
 		count(STAT_INFO_FLOW_REOPENED);
 		f = NULL;
 	}
@@ -517,7 +517,7 @@ static __always_inline int client_packet(void *ctx, struct packet *p, struct flo
 		return STAT_FWD_TO_BACKEND;
 	}
 
-	f = lookup_live(p, &half_open, k, now);
+	f = lookup_live(p, &xdplb_half_open, k, now);
 	if (f) {
 		if ((f->flags & FLOW_F_SYNACK) && (p->tcp_flags & (TH_SYN | TH_ACK | TH_RST)) == TH_ACK)
 			return complete_flow(f, k, p, now, scratch, apply);
@@ -547,7 +547,7 @@ static __always_inline int backend_packet(struct packet *p, struct flow_key *k, 
 	struct flow *f, *fwd;
 	__u64 *refused;
 
-	f = lookup_live(p, &flows, k, now);
+	f = lookup_live(p, &xdplb_flows, k, now);
 	if (f) {
 		touch(p, f, k, now);
 		if (p->tcp_flags & (TH_FIN | TH_RST))
@@ -557,11 +557,11 @@ static __always_inline int backend_packet(struct packet *p, struct flow_key *k, 
 		return STAT_FWD_TO_CLIENT;
 	}
 
-	f = lookup_live(p, &half_open, k, now);
+	f = lookup_live(p, &xdplb_half_open, k, now);
 	if (!f)
 		return STAT_PASS_REPLY_NO_FLOW;
 	twin_key(f, &ck);
-	fwd = bpf_map_lookup_elem(&half_open, &ck);
+	fwd = bpf_map_lookup_elem(&xdplb_half_open, &ck);
 
 	if ((p->tcp_flags & TH_RST) && f->state == FLOW_SYN_SENT && !(f->flags & FLOW_F_SYNACK)) {
 		/* A RST to our SYN is real only if it acknowledges the SYN
@@ -572,11 +572,11 @@ static __always_inline int backend_packet(struct packet *p, struct flow_key *k, 
 		/* The backend's host is up but nothing listens: flag it so new
 		 * flows skip it, forget this flow and swallow the reset, so the
 		 * client's retransmitted SYN lands on a live backend. */
-		refused = bpf_map_lookup_elem(&backend_refused, &f->backend);
+		refused = bpf_map_lookup_elem(&xdplb_refused, &f->backend);
 		if (refused)
 			*refused = now;
-		bpf_map_delete_elem(&half_open, &ck);
-		bpf_map_delete_elem(&half_open, k);
+		bpf_map_delete_elem(&xdplb_half_open, &ck);
+		bpf_map_delete_elem(&xdplb_half_open, k);
 		return STAT_DROP_BACKEND_RESET;
 	}
 
@@ -594,7 +594,7 @@ static __always_inline int backend_packet(struct packet *p, struct flow_key *k, 
 	if (!fwd) {
 		/* The client's half was evicted (SYN flood): let the kernel
 		 * reset the backend; the client's next SYN starts afresh. */
-		bpf_map_delete_elem(&half_open, k);
+		bpf_map_delete_elem(&xdplb_half_open, k);
 		return STAT_PASS_REPLY_NO_FLOW;
 	}
 	if ((fwd->flags & FLOW_F_SEQ) && bpf_ntohl(p->tcp->ack_seq) == fwd->seq_next) {
@@ -630,9 +630,9 @@ static __always_inline int icmp_packet(struct packet *p, struct verdict *v)
 	sport = bpf_ntohs(ports[0]);
 	if (ports[0] != frontend_port && (sport < snat_port_lo || sport > snat_port_hi))
 		return STAT_PASS_ICMP_NO_FLOW;
-	f = bpf_map_lookup_elem(&flows, &k);
+	f = bpf_map_lookup_elem(&xdplb_flows, &k);
 	if (!f)
-		f = bpf_map_lookup_elem(&half_open, &k);
+		f = bpf_map_lookup_elem(&xdplb_half_open, &k);
 	if (!f)
 		return STAT_PASS_ICMP_NO_FLOW;
 	if (f->dir == FLOW_TO_BACKEND)

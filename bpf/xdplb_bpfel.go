@@ -166,17 +166,17 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	xdplbMapBackendRefused       = "backend_refused"
-	xdplbMapBackendStats         = "backend_stats"
-	xdplbMapBackends             = "backends"
-	xdplbMapClientConns          = "client_conns"
-	xdplbMapControl              = "control"
-	xdplbMapFlows                = "flows"
-	xdplbMapHalfOpen             = "half_open"
-	xdplbMapMaglev               = "maglev"
-	xdplbMapSnatCursor           = "snat_cursor"
-	xdplbMapStats                = "stats"
-	xdplbMapSyncEvents           = "sync_events"
+	xdplbMapXdplbBackends        = "xdplb_backends"
+	xdplbMapXdplbBeStats         = "xdplb_be_stats"
+	xdplbMapXdplbClients         = "xdplb_clients"
+	xdplbMapXdplbControl         = "xdplb_control"
+	xdplbMapXdplbFlows           = "xdplb_flows"
+	xdplbMapXdplbHalfOpen        = "xdplb_half_open"
+	xdplbMapXdplbMaglev          = "xdplb_maglev"
+	xdplbMapXdplbRefused         = "xdplb_refused"
+	xdplbMapXdplbSnatNext        = "xdplb_snat_next"
+	xdplbMapXdplbStats           = "xdplb_stats"
+	xdplbMapXdplbSyncEv          = "xdplb_sync_ev"
 	xdplbProgXdplbTc             = "xdplb_tc"
 	xdplbProgXdplbXdp            = "xdplb_xdp"
 	xdplbVarFrontendAddr         = "frontend_addr"
@@ -251,17 +251,17 @@ type xdplbProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdplbMapSpecs struct {
-	BackendRefused *ebpf.MapSpec `ebpf:"backend_refused"`
-	BackendStats   *ebpf.MapSpec `ebpf:"backend_stats"`
-	Backends       *ebpf.MapSpec `ebpf:"backends"`
-	ClientConns    *ebpf.MapSpec `ebpf:"client_conns"`
-	Control        *ebpf.MapSpec `ebpf:"control"`
-	Flows          *ebpf.MapSpec `ebpf:"flows"`
-	HalfOpen       *ebpf.MapSpec `ebpf:"half_open"`
-	Maglev         *ebpf.MapSpec `ebpf:"maglev"`
-	SnatCursor     *ebpf.MapSpec `ebpf:"snat_cursor"`
-	Stats          *ebpf.MapSpec `ebpf:"stats"`
-	SyncEvents     *ebpf.MapSpec `ebpf:"sync_events"`
+	XdplbBackends *ebpf.MapSpec `ebpf:"xdplb_backends"`
+	XdplbBeStats  *ebpf.MapSpec `ebpf:"xdplb_be_stats"`
+	XdplbClients  *ebpf.MapSpec `ebpf:"xdplb_clients"`
+	XdplbControl  *ebpf.MapSpec `ebpf:"xdplb_control"`
+	XdplbFlows    *ebpf.MapSpec `ebpf:"xdplb_flows"`
+	XdplbHalfOpen *ebpf.MapSpec `ebpf:"xdplb_half_open"`
+	XdplbMaglev   *ebpf.MapSpec `ebpf:"xdplb_maglev"`
+	XdplbRefused  *ebpf.MapSpec `ebpf:"xdplb_refused"`
+	XdplbSnatNext *ebpf.MapSpec `ebpf:"xdplb_snat_next"`
+	XdplbStats    *ebpf.MapSpec `ebpf:"xdplb_stats"`
+	XdplbSyncEv   *ebpf.MapSpec `ebpf:"xdplb_sync_ev"`
 }
 
 // xdplbVariableSpecs contains global variables before they are loaded into the kernel.
@@ -310,32 +310,32 @@ func (o *xdplbObjects) Close() error {
 //
 // It can be passed to loadXdplbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdplbMaps struct {
-	BackendRefused *ebpf.Map `ebpf:"backend_refused"`
-	BackendStats   *ebpf.Map `ebpf:"backend_stats"`
-	Backends       *ebpf.Map `ebpf:"backends"`
-	ClientConns    *ebpf.Map `ebpf:"client_conns"`
-	Control        *ebpf.Map `ebpf:"control"`
-	Flows          *ebpf.Map `ebpf:"flows"`
-	HalfOpen       *ebpf.Map `ebpf:"half_open"`
-	Maglev         *ebpf.Map `ebpf:"maglev"`
-	SnatCursor     *ebpf.Map `ebpf:"snat_cursor"`
-	Stats          *ebpf.Map `ebpf:"stats"`
-	SyncEvents     *ebpf.Map `ebpf:"sync_events"`
+	XdplbBackends *ebpf.Map `ebpf:"xdplb_backends"`
+	XdplbBeStats  *ebpf.Map `ebpf:"xdplb_be_stats"`
+	XdplbClients  *ebpf.Map `ebpf:"xdplb_clients"`
+	XdplbControl  *ebpf.Map `ebpf:"xdplb_control"`
+	XdplbFlows    *ebpf.Map `ebpf:"xdplb_flows"`
+	XdplbHalfOpen *ebpf.Map `ebpf:"xdplb_half_open"`
+	XdplbMaglev   *ebpf.Map `ebpf:"xdplb_maglev"`
+	XdplbRefused  *ebpf.Map `ebpf:"xdplb_refused"`
+	XdplbSnatNext *ebpf.Map `ebpf:"xdplb_snat_next"`
+	XdplbStats    *ebpf.Map `ebpf:"xdplb_stats"`
+	XdplbSyncEv   *ebpf.Map `ebpf:"xdplb_sync_ev"`
 }
 
 func (m *xdplbMaps) Close() error {
 	return _XdplbClose(
-		m.BackendRefused,
-		m.BackendStats,
-		m.Backends,
-		m.ClientConns,
-		m.Control,
-		m.Flows,
-		m.HalfOpen,
-		m.Maglev,
-		m.SnatCursor,
-		m.Stats,
-		m.SyncEvents,
+		m.XdplbBackends,
+		m.XdplbBeStats,
+		m.XdplbClients,
+		m.XdplbControl,
+		m.XdplbFlows,
+		m.XdplbHalfOpen,
+		m.XdplbMaglev,
+		m.XdplbRefused,
+		m.XdplbSnatNext,
+		m.XdplbStats,
+		m.XdplbSyncEv,
 	)
 }
 

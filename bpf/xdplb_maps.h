@@ -19,7 +19,7 @@ struct {
 	__uint(max_entries, XDPLB_FLOWS_MAX);
 	__type(key, struct flow_key);
 	__type(value, struct flow);
-} flows SEC(".maps");
+} xdplb_flows SEC(".maps");
 
 /* Flows whose backend has not answered the SYN yet. */
 struct {
@@ -27,14 +27,14 @@ struct {
 	__uint(max_entries, XDPLB_HALF_OPEN_MAX);
 	__type(key, struct flow_key);
 	__type(value, struct flow);
-} half_open SEC(".maps");
+} xdplb_half_open SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, XDPLB_MAX_BACKENDS);
 	__type(key, __u32);
 	__type(value, struct backend);
-} backends SEC(".maps");
+} xdplb_backends SEC(".maps");
 
 /* When (bpf_ktime_get_ns) a backend last answered a SYN with a reset; 0 when
  * clear. Written by the data path, cleared by the health checker. */
@@ -43,7 +43,7 @@ struct {
 	__uint(max_entries, XDPLB_MAX_BACKENDS);
 	__type(key, __u32);
 	__type(value, __u64);
-} backend_refused SEC(".maps");
+} xdplb_refused SEC(".maps");
 
 /* Two Maglev tables back to back; lb_control says which is live. */
 struct {
@@ -51,28 +51,28 @@ struct {
 	__uint(max_entries, 2 * XDPLB_MAGLEV_SIZE);
 	__type(key, __u32);
 	__type(value, __u32);
-} maglev SEC(".maps");
+} xdplb_maglev SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct lb_control);
-} control SEC(".maps");
+} xdplb_control SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, STAT_MAX);
 	__type(key, __u32);
 	__type(value, __u64);
-} stats SEC(".maps");
+} xdplb_stats SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, XDPLB_MAX_BACKENDS);
 	__type(key, __u32);
 	__type(value, struct backend_counters);
-} backend_stats SEC(".maps");
+} xdplb_be_stats SEC(".maps");
 
 /* Per backend, the offset in the SNAT range to try next (0: not chosen
  * yet). Ports are handed out in turn, not at random, so a port comes back
@@ -87,7 +87,7 @@ struct {
 	__uint(max_entries, XDPLB_MAX_BACKENDS);
 	__type(key, __u32);
 	__type(value, __u32);
-} snat_cursor SEC(".maps");
+} xdplb_snat_next SEC(".maps");
 
 /* Flow sync events (struct sync_event), one ring per CPU; userspace sizes
  * it to the CPUs at load. */
@@ -95,7 +95,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
 	__uint(key_size, sizeof(__u32));
 	__uint(value_size, sizeof(__u32));
-} sync_events SEC(".maps");
+} xdplb_sync_ev SEC(".maps");
 
 /* Established connections per client address, for the per-client limit.
  * The data path counts opens and the closes it sees; userspace rewrites
@@ -105,6 +105,6 @@ struct {
 	__uint(max_entries, XDPLB_CLIENTS_MAX);
 	__type(key, __be32);
 	__type(value, __u32);
-} client_conns SEC(".maps");
+} xdplb_clients SEC(".maps");
 
 #endif

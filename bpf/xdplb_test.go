@@ -345,7 +345,7 @@ func TestBackendRefusesSYN(t *testing.T) {
 		t.Fatalf("%d half-open entries left", n)
 	}
 	var refused uint64
-	if err := h.maps.BackendRefused.Lookup(first, &refused); err != nil || refused == 0 {
+	if err := h.maps.XdplbRefused.Lookup(first, &refused); err != nil || refused == 0 {
 		t.Fatalf("backend %d not flagged: %v", first, err)
 	}
 	r = h.run(h.xdp, syn.Frame())
@@ -364,7 +364,7 @@ func TestBackendRefusesSYN(t *testing.T) {
 		}
 	}
 	// Userspace clears the flag once health checks confirm the backend.
-	if err := h.maps.BackendRefused.Put(first, uint64(0)); err != nil {
+	if err := h.maps.XdplbRefused.Put(first, uint64(0)); err != nil {
 		t.Fatal(err)
 	}
 	seen := map[uint32]bool{}
@@ -413,7 +413,7 @@ func TestTableSwap(t *testing.T) {
 		table[i] = 2
 	}
 	h.putTable(1, table)
-	if err := h.maps.Control.Put(uint32(0), LBControl{MaglevActive: 1}); err != nil {
+	if err := h.maps.XdplbControl.Put(uint32(0), LBControl{MaglevActive: 1}); err != nil {
 		t.Fatal(err)
 	}
 	c2 := netip.MustParseAddrPort("10.10.10.102:40000")
@@ -432,7 +432,7 @@ func TestTableSwap(t *testing.T) {
 		table[i] = emptySlot
 	}
 	h.putTable(0, table)
-	if err := h.maps.Control.Put(uint32(0), LBControl{MaglevActive: 0}); err != nil {
+	if err := h.maps.XdplbControl.Put(uint32(0), LBControl{MaglevActive: 0}); err != nil {
 		t.Fatal(err)
 	}
 	c3 := netip.MustParseAddrPort("10.10.10.103:40000")
@@ -547,7 +547,7 @@ func TestIdleExpiry(t *testing.T) {
 func TestRedirect(t *testing.T) {
 	h := newHarness(t, Config{}, nil)
 	be := Backend{Addr: BE32(server1.Addr()), Port: BE16(6443), Flags: BackendFlagMAC, Mac: mac(0x50), Smac: mac(0x77), Ifindex: 4242}
-	if err := h.maps.Backends.Put(uint32(0), be); err != nil {
+	if err := h.maps.XdplbBackends.Put(uint32(0), be); err != nil {
 		t.Fatal(err)
 	}
 	h.setBackendsTable(0)
@@ -574,7 +574,7 @@ func (h *harness) setBackendsTable(id uint32) {
 func TestNoNeighbour(t *testing.T) {
 	h := newHarness(t, Config{}, nil)
 	be := Backend{Addr: BE32(netip.MustParseAddr("192.0.2.1")), Port: BE16(6443)}
-	if err := h.maps.Backends.Put(uint32(0), be); err != nil {
+	if err := h.maps.XdplbBackends.Put(uint32(0), be); err != nil {
 		t.Fatal(err)
 	}
 	h.setBackendsTable(0)

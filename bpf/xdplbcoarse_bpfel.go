@@ -75,17 +75,17 @@ type xdplbCoarseLbControl struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	xdplbCoarseMapBackendRefused       = "backend_refused"
-	xdplbCoarseMapBackendStats         = "backend_stats"
-	xdplbCoarseMapBackends             = "backends"
-	xdplbCoarseMapClientConns          = "client_conns"
-	xdplbCoarseMapControl              = "control"
-	xdplbCoarseMapFlows                = "flows"
-	xdplbCoarseMapHalfOpen             = "half_open"
-	xdplbCoarseMapMaglev               = "maglev"
-	xdplbCoarseMapSnatCursor           = "snat_cursor"
-	xdplbCoarseMapStats                = "stats"
-	xdplbCoarseMapSyncEvents           = "sync_events"
+	xdplbCoarseMapXdplbBackends        = "xdplb_backends"
+	xdplbCoarseMapXdplbBeStats         = "xdplb_be_stats"
+	xdplbCoarseMapXdplbClients         = "xdplb_clients"
+	xdplbCoarseMapXdplbControl         = "xdplb_control"
+	xdplbCoarseMapXdplbFlows           = "xdplb_flows"
+	xdplbCoarseMapXdplbHalfOpen        = "xdplb_half_open"
+	xdplbCoarseMapXdplbMaglev          = "xdplb_maglev"
+	xdplbCoarseMapXdplbRefused         = "xdplb_refused"
+	xdplbCoarseMapXdplbSnatNext        = "xdplb_snat_next"
+	xdplbCoarseMapXdplbStats           = "xdplb_stats"
+	xdplbCoarseMapXdplbSyncEv          = "xdplb_sync_ev"
 	xdplbCoarseProgXdplbTc             = "xdplb_tc"
 	xdplbCoarseProgXdplbXdp            = "xdplb_xdp"
 	xdplbCoarseVarFrontendAddr         = "frontend_addr"
@@ -160,17 +160,17 @@ type xdplbCoarseProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type xdplbCoarseMapSpecs struct {
-	BackendRefused *ebpf.MapSpec `ebpf:"backend_refused"`
-	BackendStats   *ebpf.MapSpec `ebpf:"backend_stats"`
-	Backends       *ebpf.MapSpec `ebpf:"backends"`
-	ClientConns    *ebpf.MapSpec `ebpf:"client_conns"`
-	Control        *ebpf.MapSpec `ebpf:"control"`
-	Flows          *ebpf.MapSpec `ebpf:"flows"`
-	HalfOpen       *ebpf.MapSpec `ebpf:"half_open"`
-	Maglev         *ebpf.MapSpec `ebpf:"maglev"`
-	SnatCursor     *ebpf.MapSpec `ebpf:"snat_cursor"`
-	Stats          *ebpf.MapSpec `ebpf:"stats"`
-	SyncEvents     *ebpf.MapSpec `ebpf:"sync_events"`
+	XdplbBackends *ebpf.MapSpec `ebpf:"xdplb_backends"`
+	XdplbBeStats  *ebpf.MapSpec `ebpf:"xdplb_be_stats"`
+	XdplbClients  *ebpf.MapSpec `ebpf:"xdplb_clients"`
+	XdplbControl  *ebpf.MapSpec `ebpf:"xdplb_control"`
+	XdplbFlows    *ebpf.MapSpec `ebpf:"xdplb_flows"`
+	XdplbHalfOpen *ebpf.MapSpec `ebpf:"xdplb_half_open"`
+	XdplbMaglev   *ebpf.MapSpec `ebpf:"xdplb_maglev"`
+	XdplbRefused  *ebpf.MapSpec `ebpf:"xdplb_refused"`
+	XdplbSnatNext *ebpf.MapSpec `ebpf:"xdplb_snat_next"`
+	XdplbStats    *ebpf.MapSpec `ebpf:"xdplb_stats"`
+	XdplbSyncEv   *ebpf.MapSpec `ebpf:"xdplb_sync_ev"`
 }
 
 // xdplbCoarseVariableSpecs contains global variables before they are loaded into the kernel.
@@ -219,32 +219,32 @@ func (o *xdplbCoarseObjects) Close() error {
 //
 // It can be passed to loadXdplbCoarseObjects or ebpf.CollectionSpec.LoadAndAssign.
 type xdplbCoarseMaps struct {
-	BackendRefused *ebpf.Map `ebpf:"backend_refused"`
-	BackendStats   *ebpf.Map `ebpf:"backend_stats"`
-	Backends       *ebpf.Map `ebpf:"backends"`
-	ClientConns    *ebpf.Map `ebpf:"client_conns"`
-	Control        *ebpf.Map `ebpf:"control"`
-	Flows          *ebpf.Map `ebpf:"flows"`
-	HalfOpen       *ebpf.Map `ebpf:"half_open"`
-	Maglev         *ebpf.Map `ebpf:"maglev"`
-	SnatCursor     *ebpf.Map `ebpf:"snat_cursor"`
-	Stats          *ebpf.Map `ebpf:"stats"`
-	SyncEvents     *ebpf.Map `ebpf:"sync_events"`
+	XdplbBackends *ebpf.Map `ebpf:"xdplb_backends"`
+	XdplbBeStats  *ebpf.Map `ebpf:"xdplb_be_stats"`
+	XdplbClients  *ebpf.Map `ebpf:"xdplb_clients"`
+	XdplbControl  *ebpf.Map `ebpf:"xdplb_control"`
+	XdplbFlows    *ebpf.Map `ebpf:"xdplb_flows"`
+	XdplbHalfOpen *ebpf.Map `ebpf:"xdplb_half_open"`
+	XdplbMaglev   *ebpf.Map `ebpf:"xdplb_maglev"`
+	XdplbRefused  *ebpf.Map `ebpf:"xdplb_refused"`
+	XdplbSnatNext *ebpf.Map `ebpf:"xdplb_snat_next"`
+	XdplbStats    *ebpf.Map `ebpf:"xdplb_stats"`
+	XdplbSyncEv   *ebpf.Map `ebpf:"xdplb_sync_ev"`
 }
 
 func (m *xdplbCoarseMaps) Close() error {
 	return _XdplbCoarseClose(
-		m.BackendRefused,
-		m.BackendStats,
-		m.Backends,
-		m.ClientConns,
-		m.Control,
-		m.Flows,
-		m.HalfOpen,
-		m.Maglev,
-		m.SnatCursor,
-		m.Stats,
-		m.SyncEvents,
+		m.XdplbBackends,
+		m.XdplbBeStats,
+		m.XdplbClients,
+		m.XdplbControl,
+		m.XdplbFlows,
+		m.XdplbHalfOpen,
+		m.XdplbMaglev,
+		m.XdplbRefused,
+		m.XdplbSnatNext,
+		m.XdplbStats,
+		m.XdplbSyncEv,
 	)
 }
 

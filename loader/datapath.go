@@ -20,7 +20,7 @@ func (d Datapath) Backends() (map[uint32]bpf.Backend, error) {
 	out := map[uint32]bpf.Backend{}
 	var id uint32
 	var be bpf.Backend
-	it := d.M.Backends.Iterate()
+	it := d.M.XdplbBackends.Iterate()
 	for it.Next(&id, &be) {
 		if be != (bpf.Backend{}) {
 			out[id] = be
@@ -30,18 +30,18 @@ func (d Datapath) Backends() (map[uint32]bpf.Backend, error) {
 }
 
 // PutBackend writes a backend slot.
-func (d Datapath) PutBackend(id uint32, b bpf.Backend) error { return d.M.Backends.Put(id, b) }
+func (d Datapath) PutBackend(id uint32, b bpf.Backend) error { return d.M.XdplbBackends.Put(id, b) }
 
 // ActiveMaglev says which half of the maglev map the data path reads.
 func (d Datapath) ActiveMaglev() (uint32, error) {
 	var c bpf.LBControl
-	err := d.M.Control.Lookup(uint32(0), &c)
+	err := d.M.XdplbControl.Lookup(uint32(0), &c)
 	return c.MaglevActive, err
 }
 
 // PutMaglev writes a table into one half of the maglev map.
 func (d Datapath) PutMaglev(half uint32, table []uint32) error {
-	return bpf.PutMaglev(d.M.Maglev, half, table)
+	return bpf.PutMaglev(d.M.XdplbMaglev, half, table)
 }
 
 // SetActiveMaglev makes a half live, in one store. The other fields of
@@ -63,11 +63,11 @@ func (d Datapath) SetRefuseNew(refuse bool) error {
 // updateControl rewrites lb_control; the data path only reads it.
 func (d Datapath) updateControl(change func(*bpf.LBControl)) error {
 	var c bpf.LBControl
-	if err := d.M.Control.Lookup(uint32(0), &c); err != nil {
+	if err := d.M.XdplbControl.Lookup(uint32(0), &c); err != nil {
 		return err
 	}
 	change(&c)
-	return d.M.Control.Put(uint32(0), c)
+	return d.M.XdplbControl.Put(uint32(0), c)
 }
 
 // SetClientConns rewrites the client_conns map: each listed client gets
@@ -75,7 +75,7 @@ func (d Datapath) updateControl(change func(*bpf.LBControl)) error {
 func (d Datapath) SetClientConns(counts map[netip.Addr]uint32) error {
 	var stale []uint32
 	var k, v uint32
-	it := d.M.ClientConns.Iterate()
+	it := d.M.XdplbClients.Iterate()
 	for it.Next(&k, &v) {
 		if _, ok := counts[bpf.Addr(k)]; !ok {
 			stale = append(stale, k)
@@ -86,12 +86,12 @@ func (d Datapath) SetClientConns(counts map[netip.Addr]uint32) error {
 	}
 	var errs []error
 	for _, k := range stale {
-		if err := d.M.ClientConns.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := d.M.XdplbClients.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			errs = append(errs, err)
 		}
 	}
 	for a, n := range counts {
-		if err := d.M.ClientConns.Put(bpf.BE32(a), n); err != nil {
+		if err := d.M.XdplbClients.Put(bpf.BE32(a), n); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -100,9 +100,9 @@ func (d Datapath) SetClientConns(counts map[netip.Addr]uint32) error {
 
 func (d Datapath) table(t bpf.FlowTable) *ebpf.Map {
 	if t == bpf.TableHalfOpen {
-		return d.M.HalfOpen
+		return d.M.XdplbHalfOpen
 	}
-	return d.M.Flows
+	return d.M.XdplbFlows
 }
 
 // ForEachFlow calls fn with every entry of both flow tables.
@@ -135,19 +135,19 @@ func (d Datapath) DeleteFlows(t bpf.FlowTable, keys []bpf.FlowKey) error {
 // Refused returns when the data path last saw backend id refuse a SYN (0: never).
 func (d Datapath) Refused(id uint32) (uint64, error) {
 	var ts uint64
-	err := d.M.BackendRefused.Lookup(id, &ts)
+	err := d.M.XdplbRefused.Lookup(id, &ts)
 	return ts, err
 }
 
 // ClearRefused clears backend id's refusal flag.
-func (d Datapath) ClearRefused(id uint32) error { return d.M.BackendRefused.Put(id, uint64(0)) }
+func (d Datapath) ClearRefused(id uint32) error { return d.M.XdplbRefused.Put(id, uint64(0)) }
 
 // Stats sums the per-CPU packet counters, indexed by bpf.Stat.
 func (d Datapath) Stats() ([]uint64, error) {
 	out := make([]uint64, bpf.StatCount)
 	for i := range out {
 		var per []uint64
-		if err := d.M.Stats.Lookup(uint32(i), &per); err != nil {
+		if err := d.M.XdplbStats.Lookup(uint32(i), &per); err != nil {
 			return nil, err
 		}
 		for _, v := range per {
@@ -161,7 +161,7 @@ func (d Datapath) Stats() ([]uint64, error) {
 func (d Datapath) BackendCounters(id uint32) (bpf.BackendCounters, error) {
 	var per []bpf.BackendCounters
 	var sum bpf.BackendCounters
-	if err := d.M.BackendStats.Lookup(id, &per); err != nil {
+	if err := d.M.XdplbBeStats.Lookup(id, &per); err != nil {
 		return sum, err
 	}
 	for _, c := range per {

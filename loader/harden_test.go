@@ -45,12 +45,12 @@ func (c collect) report(t *testing.T) {
 var testFlowKey = bpf.Key(netip.MustParseAddrPort("10.10.10.101:40000"), netip.MustParseAddrPort("10.10.10.100:6443"))
 
 func putTestFlow(m *bpf.Maps) error {
-	return m.Flows.Put(testFlowKey, bpf.Flow{State: uint8(bpf.FlowEstablished), LastSeenNs: 1})
+	return m.XdplbFlows.Put(testFlowKey, bpf.Flow{State: uint8(bpf.FlowEstablished), LastSeenNs: 1})
 }
 
 func hasTestFlow(m *bpf.Maps) bool {
 	var f bpf.Flow
-	return m.Flows.Lookup(testFlowKey, &f) == nil
+	return m.XdplbFlows.Lookup(testFlowKey, &f) == nil
 }
 
 // recreateEth1 deletes the veth pair and adds it again under the same
@@ -255,7 +255,7 @@ func TestTableSizeChange(t *testing.T) {
 			return
 		}
 		defer Detach(bpffs, opts.Instance)
-		if got := inst.Maps.Flows.MaxEntries(); got != 2000 {
+		if got := inst.Maps.XdplbFlows.MaxEntries(); got != 2000 {
 			errs.fail("max-conns 1000 made a table of %d entries", got)
 		}
 		inst.Close()

@@ -150,6 +150,9 @@ func Start(opts Options) (_ *Instance, err error) {
 		return nil, fmt.Errorf("instance %q: %w", opts.Instance, err)
 	}
 	if !fresh {
+		if err := checkLegacyLayout(dir, opts.Instance); err != nil {
+			return nil, err
+		}
 		if err := checkHookConflict(dir, opts.Hook); err != nil {
 			return nil, err
 		}
@@ -283,7 +286,23 @@ func pinNames(spec *ebpf.CollectionSpec) []string {
 	for _, h := range bpf.Hooks {
 		names = append(names, h.ProgPin(), h.LinkPin(), h.ProgPin()+pinNewSuffix)
 	}
-	return names
+	return append(names, legacyMapPins...)
+}
+
+// legacyMapPins are the map names xdplb pinned before its maps were named
+// xdplb_*, so that detach removes an instance an older release left.
+var legacyMapPins = []string{"flows", "half_open", "backends", "backend_refused", "maglev", "control", "stats", "backend_stats"}
+
+// checkLegacyLayout refuses an instance pinned by an xdplb release from
+// before the xdplb_* map names: its flow table has another layout, so its
+// connections cannot be taken over; the operator decides when to drop them.
+func checkLegacyLayout(dir, instance string) error {
+	if _, err := os.Stat(filepath.Join(dir, legacyMapPins[0])); err != nil {
+		return nil
+	}
+	return fmt.Errorf("instance %q was pinned by an older xdplb (maps %s under %s) whose flow table this release cannot take over: "+
+		"run `xdplb detach --instance %s` (it drops the tracked connections; new ones go on at once) and start again",
+		instance, strings.Join(legacyMapPins[:3], ", ")+", ...", dir, instance)
 }
 
 // buildDirPrefix names the temporary directories an instance is built in:

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -146,7 +147,7 @@ func TestAttachReplaceDetach(t *testing.T) {
 					fail("attached: %+v %v", att, err)
 				}
 				key := bpf.Key(netip.MustParseAddrPort("10.10.10.101:40000"), opts.Data.Frontend)
-				if err := inst.Maps.Flows.Put(key, bpf.Flow{State: uint8(bpf.FlowEstablished), LastSeenNs: 1}); err != nil {
+				if err := inst.Maps.XdplbFlows.Put(key, bpf.Flow{State: uint8(bpf.FlowEstablished), LastSeenNs: 1}); err != nil {
 					fail("put flow: %v", err)
 				}
 				firstID := inst.Attachment.ProgID
@@ -161,7 +162,7 @@ func TestAttachReplaceDetach(t *testing.T) {
 					fail("restart did not replace: %+v", inst2.Attachment)
 				}
 				var f bpf.Flow
-				if err := inst2.Maps.Flows.Lookup(key, &f); err != nil {
+				if err := inst2.Maps.XdplbFlows.Lookup(key, &f); err != nil {
 					fail("flow lost across restart: %v", err)
 				}
 				if att, err := Attached(bpffs, opts.Instance); err != nil || att.ProgID != inst2.Attachment.ProgID {
@@ -287,4 +288,40 @@ func kernelRelease() string {
 func instanceDir(bpffs, instance string) string {
 	dir, _ := bpf.InstanceDir(bpffs, instance)
 	return dir
+}
+
+// TestLegacyLayoutRefused: an instance an older release pinned (maps named
+// flows, backends, ...) is refused with what to do, and detach removes it.
+func TestLegacyLayoutRefused(t *testing.T) {
+	var errs []string
+	inNetns(t, func(bpffs string) {
+		opts := testOptions(bpffs, bpf.HookXDP, bpf.XDPAuto)
+		dir := instanceDir(bpffs, opts.Instance)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			errs = append(errs, err.Error())
+			return
+		}
+		old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 16, ValueSize: 64, MaxEntries: 4})
+		if err != nil {
+			errs = append(errs, err.Error())
+			return
+		}
+		defer old.Close()
+		if err := old.Pin(filepath.Join(dir, "flows")); err != nil {
+			errs = append(errs, err.Error())
+			return
+		}
+		if _, err := Start(opts); err == nil || !strings.Contains(err.Error(), "older xdplb") || !strings.Contains(err.Error(), "xdplb detach --instance "+opts.Instance) {
+			errs = append(errs, fmt.Sprintf("start over a legacy instance: %v", err))
+		}
+		if err := Detach(bpffs, opts.Instance); err != nil {
+			errs = append(errs, fmt.Sprintf("detach: %v", err))
+		}
+		if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Sprintf("legacy instance left after detach: %v", err))
+		}
+	})
+	if len(errs) > 0 {
+		t.Fatal(strings.Join(errs, "\n"))
+	}
 }

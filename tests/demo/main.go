@@ -141,7 +141,7 @@ func run() error {
 	}
 	cancelTraffic()
 	wg.Wait()
-	say("done. Inspect a live instance yourself with `xdplb status`, `xdplb flows`, and `bpftool map dump pinned <bpffs>/xdplb/<instance>/flows`.")
+	say("done. Inspect a live instance yourself with `xdplb status`, `xdplb flows`, and `bpftool map dump pinned <bpffs>/xdplb/<instance>/xdplb_flows`.")
 	return nil
 }
 
