@@ -12,4 +12,10 @@ require (
 
 require go.yaml.in/yaml/v3 v3.0.6
 
+require (
+	github.com/inconshreveable/mousetrap v1.1.0 // indirect
+	github.com/prometheus/client_golang v1.25.0 // indirect
+	github.com/spf13/cobra v1.10.2 // indirect
+)
+
 tool github.com/cilium/ebpf/cmd/bpf2go

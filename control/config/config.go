@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -87,6 +88,12 @@ type Config struct {
 	// MaxConnsPerClient caps the established connections of one client
 	// address (0: no cap); the client's next ones are refused with a RST.
 	MaxConnsPerClient uint32
+	// NoBPFLink attaches through netlink/clsact even where bpf_link exists.
+	NoBPFLink bool
+	// LogFormat is LogText or LogJSON.
+	LogFormat string
+	// Verbose logs at debug level, and prints whole verifier logs.
+	Verbose bool
 }
 
 // The ranges a setting must fall in: anything outside is a mistake (an
@@ -130,6 +137,9 @@ func shortDuration(d time.Duration) string {
 
 // BackendSpec is one backend of the config.
 type BackendSpec struct {
+	// Name is the operator's name for it (HAProxy's `server NAME ...`),
+	// shown in status, flows, logs and metrics; may be empty.
+	Name string
 	// Addr is the backend's address; port 0 means the frontend port.
 	Addr netip.AddrPort
 	// Weight is its share of new flows, 0 (drained) to MaxWeight.
@@ -144,30 +154,109 @@ func (b BackendSpec) String() string {
 	return b.Addr.String()
 }
 
-// ParseBackend parses a backend as the config and the command line give it:
-// "ip" (port: the frontend's) or "ip:port", with weight 1.
+// Spec writes the backend as --backend takes it: [name=]ip[:port][,weight=n]
+// (the weight left out when it is 1).
+func (b BackendSpec) Spec() string {
+	s := b.String()
+	if b.Name != "" {
+		s = b.Name + "=" + s
+	}
+	if b.Weight != 1 {
+		s += ",weight=" + strconv.FormatUint(uint64(b.Weight), 10)
+	}
+	return s
+}
+
+// Label is how logs and status name the backend: "name (ip:port)", or the
+// address alone when it has no name.
+func (b BackendSpec) Label() string {
+	if b.Name == "" {
+		return b.String()
+	}
+	return b.Name + " (" + b.String() + ")"
+}
+
+// validName is a backend's name: what HAProxy takes for a server name, and
+// safe in a metric label, a log line and a shell completion.
+var validName = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9._-]{0,62}$`)
+
+// ValidateName checks a backend's name.
+func ValidateName(name string) error {
+	if !validName.MatchString(name) {
+		return fmt.Errorf("name %q: want a letter then up to 62 letters, digits, '.', '_' or '-' (e.g. server-1)", name)
+	}
+	return nil
+}
+
+// ParseBackend parses a backend as --backend and a YAML list item give
+// it: "[name=]ip[:port][,weight=n]", e.g. "10.10.10.50",
+// "server-1=10.10.10.50:6443" or "server-3=10.10.10.52,weight=2". The port
+// defaults to the frontend's (0 here), the weight to 1.
 func ParseBackend(s string) (BackendSpec, error) {
 	s = strings.TrimSpace(s)
+	head, rest, _ := strings.Cut(s, ",")
+	b := BackendSpec{Weight: 1}
+	addr := head
+	if name, a, ok := strings.Cut(head, "="); ok {
+		if err := ValidateName(name); err != nil {
+			return BackendSpec{}, fmt.Errorf("backend %q: %w", s, err)
+		}
+		b.Name, addr = name, a
+	}
+	ap, err := parseBackendAddr(addr)
+	if err != nil {
+		return BackendSpec{}, fmt.Errorf("backend %q: %w", s, err)
+	}
+	b.Addr = ap
+	for rest != "" {
+		var opt string
+		opt, rest, _ = strings.Cut(rest, ",")
+		k, v, _ := strings.Cut(strings.TrimSpace(opt), "=")
+		switch k {
+		case "weight":
+			w, err := parseWeight(v)
+			if err != nil {
+				return BackendSpec{}, fmt.Errorf("backend %q: %w", s, err)
+			}
+			b.Weight = w
+		default:
+			return BackendSpec{}, fmt.Errorf("backend %q: unknown option %q: want [name=]ip[:port][,weight=n]", s, opt)
+		}
+	}
+	return b, nil
+}
+
+func parseWeight(v string) (uint32, error) {
+	w, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("weight %q: want a whole number, 0 (drained) to %d", v, MaxWeight)
+	}
+	return uint32(w), nil
+}
+
+// parseBackendAddr parses "ip" (port 0: the frontend's) or "ip:port".
+func parseBackendAddr(s string) (netip.AddrPort, error) {
+	s = strings.TrimSpace(s)
 	if ip, err := netip.ParseAddr(s); err == nil {
-		return BackendSpec{Addr: netip.AddrPortFrom(ip.Unmap(), 0), Weight: 1}, nil
+		return netip.AddrPortFrom(ip.Unmap(), 0), nil
 	}
 	host, portStr, err := net.SplitHostPort(s)
 	if err != nil {
 		if strings.Contains(s, ":") {
-			return BackendSpec{}, fmt.Errorf("backend %q: want ip or ip:port", s)
+			return netip.AddrPort{}, errors.New("want ip or ip:port")
 		}
 		host = s // no port: report the address
 	}
 	ip, err := netip.ParseAddr(host)
 	if err != nil {
-		return BackendSpec{}, fmt.Errorf("backend %q: %q is not an IP address (names are not resolved: "+
-			"the table must not change with DNS)", s, host)
+		return netip.AddrPort{}, fmt.Errorf("%q is not an IP address (names are not resolved: "+
+			"the table must not change with DNS)", host)
 	}
 	port, err := parsePort(portStr)
 	if err != nil {
-		return BackendSpec{}, fmt.Errorf("backend %q: %w", s, err)
+		return netip.AddrPort{}, err
 	}
-	return BackendSpec{Addr: netip.AddrPortFrom(ip.Unmap(), port), Weight: 1}, nil
+	return netip.AddrPortFrom(ip.Unmap(), port), nil
 }
 
 // DefaultConfig returns the configuration before the file and the flags,
@@ -196,6 +285,7 @@ func defaultConfig(getenv func(string) string) Config {
 		BPFFS:              bpffs,
 		GCInterval:         DefaultGCInterval,
 		EstablishedTimeout: DefaultEstablishedTimeout,
+		LogFormat:          LogText,
 	}
 }
 
@@ -290,15 +380,19 @@ func (c *Config) Validate() error {
 	if !filepath.IsAbs(c.BPFFS) {
 		add("bpffs %q: want an absolute path to a bpffs mount, e.g. %s", c.BPFFS, bpf.DefaultBPFFS)
 	}
+	if s, _ := Lookup("log-format"); s.checkChoice(c.LogFormat) != nil {
+		errs = append(errs, s.checkChoice(c.LogFormat))
+	}
 	return errors.Join(errs...)
 }
 
 func (c *Config) validateBackends() []error {
 	if len(c.Backends) == 0 {
-		return []error{errors.New("backends: none given: list the API servers, e.g. 10.10.10.50:6443")}
+		return []error{errors.New("backend: none given: list the API servers (--backend, or backends: in the file), e.g. server-1=10.10.10.50:6443")}
 	}
 	var errs []error
 	seen := map[netip.AddrPort]bool{}
+	names := map[string]bool{}
 	for _, b := range c.Backends {
 		r := c.resolve(b)
 		switch {
@@ -319,6 +413,14 @@ func (c *Config) validateBackends() []error {
 			errs = append(errs, fmt.Errorf("backend %s: listed twice", r.Addr))
 		}
 		seen[r.Addr] = true
+		if b.Name != "" {
+			if err := ValidateName(b.Name); err != nil {
+				errs = append(errs, fmt.Errorf("backend %s: %w", b, err))
+			} else if names[b.Name] {
+				errs = append(errs, fmt.Errorf("backend %s: name %q given twice: names must be unique", b, b.Name))
+			}
+			names[b.Name] = true
+		}
 	}
 	return errs
 }
@@ -377,7 +479,7 @@ func (c *Config) validateTimings() []error {
 		key   string
 		value time.Duration
 		r     DurationRange
-	}{{"fastinter", c.FastInter, IntervalRange}, {"downinter", c.DownInter, IntervalRange}, {"timeout", c.Timeout, TimeoutRange}} {
+	}{{"fastinter", c.FastInter, IntervalRange}, {"downinter", c.DownInter, IntervalRange}, {"check-timeout", c.Timeout, TimeoutRange}} {
 		if d.value == 0 {
 			continue // unset: follows inter
 		}

@@ -61,6 +61,7 @@ func TestParseConfigDefaults(t *testing.T) {
 		BPFFS:              "/sys/fs/bpf",
 		GCInterval:         10 * time.Second,
 		EstablishedTimeout: time.Hour,
+		LogFormat:          LogText,
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("ParseConfig() =\n%+v\nwant\n%+v", cfg, want)
@@ -126,7 +127,7 @@ max-conns-per-client: 2000
 		Inter:       3 * time.Second, FastInter: time.Second, DownInter: 10 * time.Second, Timeout: 1500 * time.Millisecond,
 		Rise: 3, Fall: 2, Hook: bpf.HookTC, XDPMode: bpf.XDPAuto, SNATPorts: PortRange{61000, 65535},
 		MetricsAddr: ":9716", BPFFS: "/run/bpf", GCInterval: 5 * time.Second, EstablishedTimeout: 2 * time.Hour,
-		MaxConns: 50000, MaxConnsPerClient: 2000,
+		MaxConns: 50000, MaxConnsPerClient: 2000, LogFormat: LogText,
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("ParseConfig() =\n%+v\nwant\n%+v", cfg, want)
@@ -156,7 +157,7 @@ func TestParseConfigNullKeepsDefault(t *testing.T) {
 func TestParseConfigEmpty(t *testing.T) {
 	cfg := mustParse(t, "")
 	err := cfg.Validate()
-	for _, want := range []string{"iface: required", "vip: required", "backends: none given"} {
+	for _, want := range []string{"iface: required", "vip: required", "backend: none given"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate() of an empty file = %v, want it to contain %q", err, want)
 		}
@@ -174,7 +175,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"unknown key, no close one", "iface: eth1\nfrobnicate: 1\n",
 			`line 2: unknown key "frobnicate"`},
 		{"two unknown keys", "vipp: 10.0.0.1\nifcae: eth1\n",
-			`line 1: unknown key "vipp": did you mean "vip"?; line 2: unknown key "ifcae": did you mean "iface"?`},
+			"line 1: unknown key \"vipp\": did you mean \"vip\"?\nline 2: unknown key \"ifcae\": did you mean \"iface\"?"},
 		{"not YAML", "iface: [eth1\n",
 			"not valid YAML: yaml: line 1: did not find expected ',' or ']'"},
 		{"a list at the top", "- iface\n",
@@ -198,7 +199,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"bad snat-ports", "snat-ports: 61000\n",
 			`line 1: snat-ports: port range "61000": want LO-HI, e.g. 61000-65535`},
 		{"backends not a list", "backends: 10.10.10.50\n",
-			"line 1: backends: want a list, e.g. [10.10.10.50:6443, 10.10.10.51:6443]"},
+			"line 1: backends: want a list, e.g. [server-1=10.10.10.50:6443, server-2=10.10.10.51:6443]"},
 		{"backend host name", "backends:\n  - k3s-1:6443\n",
 			`line 2: backends[0]: backend "k3s-1:6443": "k3s-1" is not an IP address (names are not resolved: the table must not change with DNS)`},
 		{"backend port 0", "backends: [10.10.10.50:0]\n",
@@ -206,13 +207,13 @@ func TestParseConfigErrors(t *testing.T) {
 		{"backend port too big", "backends: [10.10.10.50:65536]\n",
 			`line 1: backends[0]: backend "10.10.10.50:65536": port 65536 out of range 1-65535`},
 		{"backend unknown key", "backends:\n  - {address: 10.10.10.50, wieght: 2}\n",
-			`line 2: backends[0]: unknown key "wieght": a backend has address and weight`},
+			`line 2: backends[0]: unknown key "wieght": a backend has name, address and weight`},
 		{"backend without address", "backends:\n  - weight: 2\n",
-			"line 2: backends[0]: address: required, e.g. {address: 10.10.10.50:6443, weight: 2}"},
+			"line 2: backends[0]: address: required, e.g. {name: server-1, address: 10.10.10.50:6443, weight: 2}"},
 		{"backend bad weight", "backends:\n  - {address: 10.10.10.50, weight: -1}\n",
 			`line 2: backends[0]: weight "-1": want a whole number, 0 (drained) to 256`},
 		{"backend as a list", "backends:\n  - [10.10.10.50]\n",
-			"line 2: backends[0]: want ip, ip:port or {address: ip:port, weight: n}, not a list"},
+			"line 2: backends[0]: want ip, ip:port or {name: n, address: ip:port, weight: n}, not a list"},
 		{"errors are all reported", "vip: x\nport: y\n",
 			"line 1: vip: \"x\" is not an IP address\nline 2: port: port \"y\" is not a number"},
 	}
@@ -330,7 +331,7 @@ func TestConfigValidate(t *testing.T) {
 		{"multicast vip", func(c *Config) { c.VIP = netip.MustParseAddr("224.0.0.18") }, "vip 224.0.0.18: multicast address"},
 		{"broadcast vip", func(c *Config) { c.VIP = netip.MustParseAddr("255.255.255.255") }, "broadcast address"},
 		{"port 0", func(c *Config) { c.Port = 0 }, "port 0: want the frontend TCP port"},
-		{"no backends", func(c *Config) { c.Backends = nil }, "backends: none given"},
+		{"no backends", func(c *Config) { c.Backends = nil }, "backend: none given"},
 		{"duplicate backend", func(c *Config) {
 			c.Backends = append(c.Backends, BackendSpec{Addr: netip.MustParseAddrPort("10.10.10.51:6443"), Weight: 1})
 		}, "backend 10.10.10.51:6443: listed twice"},

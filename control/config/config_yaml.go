@@ -5,264 +5,153 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/netip"
-	"reflect"
-	"regexp"
-	"strconv"
 	"strings"
-	"time"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/xdplb/xdplb/control/safefile"
 )
 
-// fileConfig is the YAML file. Every value is kept as a node so that each
-// error can name its line; KnownFields rejects any key not listed here.
-type fileConfig struct {
-	Instance           yaml.Node `yaml:"instance"`
-	Iface              yaml.Node `yaml:"iface"`
-	VIP                yaml.Node `yaml:"vip"`
-	Port               yaml.Node `yaml:"port"`
-	Backends           yaml.Node `yaml:"backends"`
-	Check              yaml.Node `yaml:"check"`
-	CheckPath          yaml.Node `yaml:"check-path"`
-	CheckExpectStatus  yaml.Node `yaml:"check-expect-status"`
-	CheckCA            yaml.Node `yaml:"check-ca"`
-	CheckCert          yaml.Node `yaml:"check-cert"`
-	CheckKey           yaml.Node `yaml:"check-key"`
-	CheckTokenFile     yaml.Node `yaml:"check-token-file"`
-	CheckServerName    yaml.Node `yaml:"check-server-name"`
-	CheckSource        yaml.Node `yaml:"check-source"`
-	Inter              yaml.Node `yaml:"inter"`
-	FastInter          yaml.Node `yaml:"fastinter"`
-	DownInter          yaml.Node `yaml:"downinter"`
-	Timeout            yaml.Node `yaml:"timeout"`
-	Rise               yaml.Node `yaml:"rise"`
-	Fall               yaml.Node `yaml:"fall"`
-	Hook               yaml.Node `yaml:"hook"`
-	XDPMode            yaml.Node `yaml:"xdp-mode"`
-	SNATPorts          yaml.Node `yaml:"snat-ports"`
-	MetricsAddr        yaml.Node `yaml:"metrics-addr"`
-	BPFFS              yaml.Node `yaml:"bpffs"`
-	GCInterval         yaml.Node `yaml:"gc-interval"`
-	EstablishedTimeout yaml.Node `yaml:"established-timeout"`
-	MaxConns           yaml.Node `yaml:"max-conns"`
-	MaxConnsPerClient  yaml.Node `yaml:"max-conns-per-client"`
+// LoadConfig reads the YAML file at path over DefaultConfig; see Load.
+func LoadConfig(path string) (Config, error) {
+	cfg, _, err := Load(path)
+	return cfg, err
 }
 
-// LoadConfig reads the YAML file at path over DefaultConfig. It does not
-// validate: the command line may still change fields, then call Validate. A
-// missing file gives an error that matches fs.ErrNotExist.
-func LoadConfig(path string) (Config, error) {
+// Load reads the YAML file at path over DefaultConfig, and returns the
+// warnings about it (deprecated spellings). It does not validate: the
+// command line may still change fields, then call Validate. A missing
+// file gives an error that matches fs.ErrNotExist.
+func Load(path string) (Config, []string, error) {
 	data, err := safefile.Read(path, safefile.MaxSize, safefile.Timeout)
 	if err != nil {
-		return Config{}, fmt.Errorf("read config: %w", err)
+		return Config{}, nil, fmt.Errorf("read config: %w", err)
 	}
-	cfg, err := ParseConfig(data)
+	cfg, warnings, err := Parse(data)
+	for i, w := range warnings {
+		warnings[i] = "config " + path + ": " + w
+	}
 	if err != nil {
-		return Config{}, fmt.Errorf("config %s: %w", path, err)
+		return Config{}, warnings, fmt.Errorf("config %s: %w", path, err)
 	}
-	return cfg, nil
+	return cfg, warnings, nil
 }
 
-// ParseConfig parses a YAML configuration over DefaultConfig. A key left
-// out or set to null keeps its default. Every error names the line and the
-// key; unknown keys are errors, so that a typo is never silently ignored.
+// ParseConfig parses a YAML configuration over DefaultConfig; see Parse.
 func ParseConfig(data []byte) (Config, error) {
+	cfg, _, err := Parse(data)
+	return cfg, err
+}
+
+// Parse parses a YAML configuration over DefaultConfig: a mapping of the
+// settings table's keys (or their aliases) to values. A key left out or
+// set to null keeps its default. Every error names the line and the key;
+// unknown keys are errors, with the key a typo probably meant, so that a
+// typo is never silently ignored. A deprecated spelling is accepted with
+// a warning.
+func Parse(data []byte) (Config, []string, error) {
 	cfg := DefaultConfig()
-	var f fileConfig
+	var doc yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
-		return Config{}, rewriteYAMLError(err)
+	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, nil, fmt.Errorf("not valid YAML: %w", err)
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		return Config{}, errors.New("more than one YAML document: keep one")
+		return Config{}, nil, errors.New("more than one YAML document: keep one")
 	}
-	if err := f.apply(&cfg); err != nil {
-		return Config{}, err
+	if doc.Kind == 0 {
+		return cfg, nil, nil // empty
 	}
-	return cfg, nil
-}
-
-// apply sets the fields of cfg that the file sets, and reports every value
-// that does not parse.
-func (f *fileConfig) apply(cfg *Config) error {
+	top := deref(doc.Content[0])
+	if top.Kind == yaml.ScalarNode && top.Tag == "!!null" {
+		return cfg, nil, nil
+	}
+	if top.Kind != yaml.MappingNode {
+		return Config{}, nil, fmt.Errorf("line %d: want a mapping of keys to values at the top, not a %s", top.Line, shortTag(top))
+	}
 	var errs []error
-	try := func(err error) {
-		if err != nil {
+	var warnings []string
+	seen := map[string]int{} // setting -> line
+	for i := 0; i+1 < len(top.Content); i += 2 {
+		k, v := deref(top.Content[i]), deref(top.Content[i+1])
+		if k.Kind != yaml.ScalarNode {
+			errs = append(errs, fmt.Errorf("line %d: want a key, not a %s", k.Line, kindName(k)))
+			continue
+		}
+		s, alias := lookupYAML(k.Value)
+		if s == nil {
+			errs = append(errs, fmt.Errorf("line %d: unknown key %q%s", k.Line, k.Value, suggestKey(k.Value)))
+			continue
+		}
+		if alias != nil && alias.Deprecated {
+			warnings = append(warnings, fmt.Sprintf("line %d: %q is deprecated: write %q (same meaning)", k.Line, k.Value, s.Key))
+		}
+		if line, dup := seen[s.Key]; dup {
+			errs = append(errs, fmt.Errorf("line %d: %s: set twice (first on line %d)", k.Line, k.Value, line))
+			continue
+		}
+		seen[s.Key] = k.Line
+		if err := setNode(&cfg, s, k.Value, v); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	try(setString(&f.Instance, "instance", &cfg.Instance))
-	try(setString(&f.Iface, "iface", &cfg.Iface))
-	try(setAddr(&f.VIP, "vip", &cfg.VIP))
-	try(setPort(&f.Port, "port", &cfg.Port))
-	try(setBackends(&f.Backends, &cfg.Backends))
-	try(setString(&f.Check, "check", (*string)(&cfg.Check)))
-	try(setString(&f.CheckPath, "check-path", &cfg.CheckPath))
-	try(setInt(&f.CheckExpectStatus, "check-expect-status", &cfg.CheckExpectStatus))
-	try(setString(&f.CheckCA, "check-ca", &cfg.CheckCA))
-	try(setString(&f.CheckCert, "check-cert", &cfg.CheckCert))
-	try(setString(&f.CheckKey, "check-key", &cfg.CheckKey))
-	try(setString(&f.CheckTokenFile, "check-token-file", &cfg.CheckTokenFile))
-	try(setString(&f.CheckServerName, "check-server-name", &cfg.CheckServerName))
-	try(setAddr(&f.CheckSource, "check-source", &cfg.CheckSource))
-	try(setDuration(&f.Inter, "inter", &cfg.Inter))
-	try(setDuration(&f.FastInter, "fastinter", &cfg.FastInter))
-	try(setDuration(&f.DownInter, "downinter", &cfg.DownInter))
-	try(setDuration(&f.Timeout, "timeout", &cfg.Timeout))
-	try(setInt(&f.Rise, "rise", &cfg.Rise))
-	try(setInt(&f.Fall, "fall", &cfg.Fall))
-	try(setString(&f.Hook, "hook", (*string)(&cfg.Hook)))
-	try(setString(&f.XDPMode, "xdp-mode", (*string)(&cfg.XDPMode)))
-	try(setPortRange(&f.SNATPorts, "snat-ports", &cfg.SNATPorts))
-	try(setString(&f.MetricsAddr, "metrics-addr", &cfg.MetricsAddr))
-	try(setString(&f.BPFFS, "bpffs", &cfg.BPFFS))
-	try(setDuration(&f.GCInterval, "gc-interval", &cfg.GCInterval))
-	try(setDuration(&f.EstablishedTimeout, "established-timeout", &cfg.EstablishedTimeout))
-	try(setUint32(&f.MaxConns, "max-conns", &cfg.MaxConns))
-	try(setUint32(&f.MaxConnsPerClient, "max-conns-per-client", &cfg.MaxConnsPerClient))
-	return errors.Join(errs...)
+	if err := errors.Join(errs...); err != nil {
+		return Config{}, warnings, err
+	}
+	return cfg, warnings, nil
 }
 
-// scalar returns the node's text, and false when the key is absent or null.
-func scalar(n *yaml.Node, key string) (string, bool, error) {
-	n = deref(n)
-	if n.Kind == 0 || n.Tag == "!!null" {
-		return "", false, nil
-	}
-	if n.Kind != yaml.ScalarNode {
-		return "", false, fmt.Errorf("line %d: %s: want a single value, not a %s", n.Line, key, kindName(n))
-	}
-	return n.Value, true, nil
-}
-
-func setString(n *yaml.Node, key string, dst *string) error {
-	s, ok, err := scalar(n, key)
-	if ok {
-		*dst = s
-	}
-	return err
-}
-
-func setInt(n *yaml.Node, key string, dst *int) error {
-	s, ok, err := scalar(n, key)
-	if !ok {
-		return err
-	}
-	v, err := strconv.Atoi(s)
-	if err != nil {
-		return fmt.Errorf("line %d: %s: %q is not a whole number", n.Line, key, s)
-	}
-	*dst = v
-	return nil
-}
-
-func setUint32(n *yaml.Node, key string, dst *uint32) error {
-	s, ok, err := scalar(n, key)
-	if !ok {
-		return err
-	}
-	v, err := strconv.ParseUint(s, 10, 32)
-	if err != nil {
-		return fmt.Errorf("line %d: %s: %q is not a whole number from 0 to %d", n.Line, key, s, uint32(1<<32-1))
-	}
-	*dst = uint32(v)
-	return nil
-}
-
-func setPort(n *yaml.Node, key string, dst *uint16) error {
-	s, ok, err := scalar(n, key)
-	if !ok {
-		return err
-	}
-	p, err := parsePort(s)
-	if err != nil {
-		return fmt.Errorf("line %d: %s: %w", n.Line, key, err)
-	}
-	*dst = p
-	return nil
-}
-
-func setDuration(n *yaml.Node, key string, dst *time.Duration) error {
-	s, ok, err := scalar(n, key)
-	if !ok {
-		return err
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil {
-		return fmt.Errorf("line %d: %s: %q is not a duration: write it like 2s, 500ms or 1m30s", n.Line, key, s)
-	}
-	*dst = d
-	return nil
-}
-
-func setAddr(n *yaml.Node, key string, dst *netip.Addr) error {
-	s, ok, err := scalar(n, key)
-	if !ok {
-		return err
-	}
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		return fmt.Errorf("line %d: %s: %q is not an IP address", n.Line, key, s)
-	}
-	*dst = a.Unmap()
-	return nil
-}
-
-func setPortRange(n *yaml.Node, key string, dst *PortRange) error {
-	s, ok, err := scalar(n, key)
-	if !ok {
-		return err
-	}
-	r, err := ParsePortRange(s)
-	if err != nil {
-		return fmt.Errorf("line %d: %s: %w", n.Line, key, err)
-	}
-	*dst = r
-	return nil
-}
-
-// setBackends reads the backends list; each item is "ip", "ip:port" or
-// {address: ip[:port], weight: n}.
-func setBackends(n *yaml.Node, dst *[]BackendSpec) error {
-	n = deref(n)
-	if n.Kind == 0 || n.Tag == "!!null" {
+// setNode sets a setting from its YAML value; key is as written.
+func setNode(cfg *Config, s *Setting, key string, n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
 		return nil
 	}
-	if n.Kind != yaml.SequenceNode {
-		return fmt.Errorf("line %d: backends: want a list, e.g. [10.10.10.50:6443, 10.10.10.51:6443]", n.Line)
+	if s.List {
+		return setList(cfg, s, key, n)
 	}
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: %s: want a single value, not a %s", n.Line, key, kindName(n))
+	}
+	if err := s.Parse(cfg, n.Value); err != nil {
+		return fmt.Errorf("line %d: %s: %w", n.Line, key, err)
+	}
+	return nil
+}
+
+// setList reads a list setting (backends): each item is a string as the
+// flag takes it, or, for backends, {name, address, weight}.
+func setList(cfg *Config, s *Setting, key string, n *yaml.Node) error {
+	if n.Kind != yaml.SequenceNode {
+		return fmt.Errorf("line %d: %s: want a list, e.g. [server-1=10.10.10.50:6443, server-2=10.10.10.51:6443]", n.Line, key)
+	}
+	s.Clear(cfg)
 	var errs []error
-	backends := make([]BackendSpec, 0, len(n.Content))
 	for i, item := range n.Content {
 		item = deref(item)
-		b, err := parseBackendNode(item)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("line %d: backends[%d]: %w", item.Line, i, err))
-			continue
+		var err error
+		switch {
+		case item.Kind == yaml.ScalarNode:
+			err = s.Parse(cfg, item.Value)
+		case item.Kind == yaml.MappingNode && s.Key == "backend":
+			var b BackendSpec
+			if b, err = parseBackendNode(item); err == nil {
+				cfg.Backends = append(cfg.Backends, b)
+			}
+		default:
+			err = fmt.Errorf("want ip, ip:port or {name: n, address: ip:port, weight: n}, not a %s", kindName(item))
 		}
-		backends = append(backends, b)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("line %d: %s[%d]: %w", item.Line, key, i, err))
+		}
 	}
-	*dst = backends
 	return errors.Join(errs...)
 }
 
 func parseBackendNode(n *yaml.Node) (BackendSpec, error) {
-	switch n.Kind {
-	case yaml.ScalarNode:
-		return ParseBackend(n.Value)
-	case yaml.MappingNode:
-	default:
-		return BackendSpec{}, fmt.Errorf("want ip, ip:port or {address: ip:port, weight: n}, not a %s", kindName(n))
-	}
 	var (
-		b          BackendSpec
+		b          = BackendSpec{Weight: 1}
 		hasAddress bool
-		weight     = uint32(1)
 	)
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], deref(n.Content[i+1])
@@ -271,26 +160,41 @@ func parseBackendNode(n *yaml.Node) (BackendSpec, error) {
 		}
 		switch k.Value {
 		case "address":
-			parsed, err := ParseBackend(v.Value)
+			ap, err := parseBackendAddr(v.Value)
+			if err != nil {
+				return BackendSpec{}, fmt.Errorf("backend %q: %w", v.Value, err)
+			}
+			b.Addr, hasAddress = ap, true
+		case "name":
+			if err := ValidateName(v.Value); err != nil {
+				return BackendSpec{}, err
+			}
+			b.Name = v.Value
+		case "weight":
+			w, err := parseWeight(v.Value)
 			if err != nil {
 				return BackendSpec{}, err
 			}
-			b, hasAddress = parsed, true
-		case "weight":
-			w, err := strconv.ParseUint(v.Value, 10, 32)
-			if err != nil {
-				return BackendSpec{}, fmt.Errorf("weight %q: want a whole number, 0 (drained) to %d", v.Value, MaxWeight)
-			}
-			weight = uint32(w)
+			b.Weight = w
 		default:
-			return BackendSpec{}, fmt.Errorf("unknown key %q: a backend has address and weight", k.Value)
+			return BackendSpec{}, fmt.Errorf("unknown key %q: a backend has name, address and weight", k.Value)
 		}
 	}
 	if !hasAddress {
-		return BackendSpec{}, errors.New("address: required, e.g. {address: 10.10.10.50:6443, weight: 2}")
+		return BackendSpec{}, errors.New("address: required, e.g. {name: server-1, address: 10.10.10.50:6443, weight: 2}")
 	}
-	b.Weight = weight
 	return b, nil
+}
+
+// shortTag is a node's YAML tag without the !!: seq, map, str, ...
+func shortTag(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.SequenceNode:
+		return "seq"
+	case yaml.MappingNode:
+		return "map"
+	}
+	return strings.TrimPrefix(n.ShortTag(), "!!")
 }
 
 // deref follows a YAML alias (*name) to the node it names.
@@ -314,48 +218,11 @@ func kindName(n *yaml.Node) string {
 	}
 }
 
-var (
-	unknownFieldRE = regexp.MustCompile(`^line (\d+): field (\S+) not found in type \S+$`)
-	notMappingRE   = regexp.MustCompile(`^line (\d+): cannot unmarshal !!(\w+) .*into \S+$`)
-)
-
-// rewriteYAMLError turns yaml.v3's messages, which name Go types, into ones
-// that name keys, and suggests the key a typo probably meant.
-func rewriteYAMLError(err error) error {
-	var te *yaml.TypeError
-	if !errors.As(err, &te) {
-		return fmt.Errorf("not valid YAML: %w", err)
-	}
-	msgs := make([]string, len(te.Errors))
-	for i, m := range te.Errors {
-		switch sub := unknownFieldRE.FindStringSubmatch(m); {
-		case sub != nil:
-			msgs[i] = fmt.Sprintf("line %s: unknown key %q%s", sub[1], sub[2], suggestKey(sub[2]))
-		case notMappingRE.MatchString(m):
-			sub := notMappingRE.FindStringSubmatch(m)
-			msgs[i] = fmt.Sprintf("line %s: want a mapping of keys to values at the top, not a %s", sub[1], sub[2])
-		default:
-			msgs[i] = m
-		}
-	}
-	return errors.New(strings.Join(msgs, "; "))
-}
-
-// configKeys lists the keys of the file, for suggestions.
-var configKeys = func() []string {
-	t := reflect.TypeFor[fileConfig]()
-	keys := make([]string, t.NumField())
-	for i := range keys {
-		keys[i] = t.Field(i).Tag.Get("yaml")
-	}
-	return keys
-}()
-
 // suggestKey returns `: did you mean "x"?` for the known key closest to
 // key, if it is close enough to be a typo.
 func suggestKey(key string) string {
 	best, bestDist := "", 3 // a typo is at most 2 edits away
-	for _, k := range configKeys {
+	for _, k := range allKeys() {
 		if d := editDistance(key, k); d < bestDist {
 			best, bestDist = k, d
 		}
