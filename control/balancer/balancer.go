@@ -71,11 +71,17 @@ type NextHop struct {
 
 // Backend is one backend as the balancer sees it.
 type Backend struct {
-	ID      uint32
-	Addr    netip.AddrPort
+	ID   uint32
+	Addr netip.AddrPort
+	// Name is the operator's name for it; may be empty.
+	Name    string
 	Weight  uint32 // configured; 0 when drained by an operator
 	Up      bool
 	Drained bool
+	// Retired: no longer configured. It takes no new connections and its
+	// established ones stay; its slot is freed once the last one ends
+	// (see Reconcile, GC).
+	Retired bool
 	// FlowsKept: down, but its connections were left alone because the
 	// server still answered (not ready); they go if it stops answering.
 	FlowsKept bool
@@ -83,8 +89,16 @@ type Backend struct {
 }
 
 // TakesNew says whether the backend takes new connections: up, not
-// drained, of a weight above 0.
-func (b Backend) TakesNew() bool { return b.Up && !b.Drained && b.Weight > 0 }
+// drained, not retired, of a weight above 0.
+func (b Backend) TakesNew() bool { return b.Up && !b.Drained && !b.Retired && b.Weight > 0 }
+
+// Label is how logs name the backend: "name (ip:port)", or the address.
+func (b Backend) Label() string {
+	if b.Name == "" {
+		return b.Addr.String()
+	}
+	return b.Name + " (" + b.Addr.String() + ")"
+}
 
 // Balancer turns configuration, health and operator commands into the data
 // path's backend entries and Maglev table, and keeps its flow tables clean.
@@ -135,14 +149,14 @@ func New(dp Datapath, o Options) (*Balancer, error) {
 		}
 		byAddr[netip.AddrPortFrom(bpf.Addr(be.Addr), bpf.Port(be.Port))] = id
 	}
-	for _, spec := range o.Backends {
-		if id, ok := byAddr[spec.Addr]; ok {
-			used[id] = true
-		}
+	// Every slot in use stays: the configured backends' and those of the
+	// backends that retire (below).
+	for _, id := range byAddr {
+		used[id] = true
 	}
 	next := uint32(0)
 	for _, spec := range o.Backends {
-		st := &Backend{Addr: spec.Addr, Weight: spec.Weight, Up: true}
+		st := &Backend{Addr: spec.Addr, Name: spec.Name, Weight: spec.Weight, Up: true}
 		if id, ok := byAddr[spec.Addr]; ok {
 			st.ID = id
 			prev := existing[id]
@@ -163,13 +177,18 @@ func New(dp Datapath, o Options) (*Balancer, error) {
 		}
 		b.backends[spec.Addr] = st
 	}
-	// Entries of backends no longer configured are cleared so their slot
-	// can be reused; their flows are purged by the first GC.
+	// Backends no longer configured retire, as at a reload: no new
+	// connections, their established ones stay until they end (the GC
+	// then frees the slot).
 	for addr, id := range byAddr {
 		if _, ok := b.backends[addr]; !ok {
-			if err := dp.PutBackend(id, bpf.Backend{}); err != nil {
-				return nil, err
+			prev := existing[id]
+			st := &Backend{ID: id, Addr: addr, Up: prev.Flags&backendFlagUp != 0,
+				Drained: prev.Flags&backendFlagDrained != 0, Retired: true}
+			if prev.Flags&bpf.BackendFlagMAC != 0 {
+				st.NextHop = &NextHop{MAC: prev.Mac, SrcMAC: prev.Smac, Ifindex: prev.Ifindex}
 			}
+			b.backends[addr] = st
 		}
 	}
 	return b, nil
@@ -214,7 +233,7 @@ func (b *Balancer) syncLocked() error {
 			return fmt.Errorf("write backend %s: %w", st.Addr, err)
 		}
 		w := st.Weight
-		if !st.Up || st.Drained {
+		if !st.Up || st.Drained || st.Retired {
 			w = 0
 		}
 		mb = append(mb, maglev.Backend{ID: st.ID, Key: st.Addr.String(), Weight: w})
@@ -386,6 +405,9 @@ type GCResult struct {
 	Entries map[bpf.FlowTable]int
 	// Pressure is the connection table's load, and what was done about it.
 	Pressure Pressure
+	// Freed are the retired backends whose last connection had ended:
+	// their slots are free, and they are gone from Backends.
+	Freed []Backend
 }
 
 // GC removes flows idle past their state's timeout (the data path also
@@ -407,6 +429,7 @@ func (b *Balancer) GC() (GCResult, error) {
 	dead := map[bpf.FlowTable][]bpf.FlowKey{}
 	var orphans, over []bpf.FlowKey
 	clients := map[netip.Addr]uint32{}
+	refs := map[uint32]int{} // entries kept, per backend
 	entries := 0
 	err := b.dp.ForEachFlow(func(t bpf.FlowTable, k bpf.FlowKey, f bpf.Flow) {
 		if t == bpf.TableEstablished {
@@ -428,6 +451,7 @@ func (b *Balancer) GC() (GCResult, error) {
 			}
 		default:
 			res.Entries[t]++
+			refs[f.Backend]++
 			if t == bpf.TableEstablished && ended(f, idle) {
 				over = append(over, k)
 			}
@@ -452,6 +476,8 @@ func (b *Balancer) GC() (GCResult, error) {
 		dead[bpf.TableEstablished] = append(dead[bpf.TableEstablished], over...)
 		res.Entries[bpf.TableEstablished] -= len(over)
 		res.Pressure.Reclaimed = len(over) / 2
+		// A reclaimed entry still counted as a reference: its backend
+		// is freed at the next pass.
 	}
 	var errs []error
 	for t, keys := range dead {
@@ -470,6 +496,11 @@ func (b *Balancer) GC() (GCResult, error) {
 		errs = append(errs, err)
 	}
 	res.Pressure.Refusing = refusing
+	freed, err := b.freeRetired(refs)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	res.Freed = freed
 	return res, errors.Join(errs...)
 }
 

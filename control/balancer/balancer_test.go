@@ -188,8 +188,15 @@ func TestBalancerKeepsIDsAcrossRestart(t *testing.T) {
 		t.Fatal("s3's down state lost across restart")
 	}
 	st4, _ := b2.Lookup(s4)
-	if st4.ID != before[s2] {
-		t.Fatalf("new backend got index %d, want the freed %d", st4.ID, before[s2])
+	if st4.ID == before[s1] || st4.ID == before[s2] || st4.ID == before[s3] {
+		t.Fatalf("new backend got index %d, one of the configured or retiring backends'", st4.ID)
+	}
+	// s2, no longer configured, retires: freed by the first GC (no flow).
+	if st2, _ := b2.Lookup(s2); !st2.Retired {
+		t.Fatalf("s2 not retired: %+v", st2)
+	}
+	if res, _ := b2.GC(); len(res.Freed) != 1 || res.Freed[0].Addr != s2 {
+		t.Fatalf("GC freed %v, want s2", res.Freed)
 	}
 }
 

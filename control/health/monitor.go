@@ -76,6 +76,7 @@ type watchedBackend struct {
 	key    string
 	health *Health
 	wake   chan struct{} // capacity 1: hints coalesce
+	cancel context.CancelFunc
 }
 
 // NewMonitor returns a Monitor that checks with checker at the timings of
@@ -109,11 +110,66 @@ func (m *Monitor) Add(key string, initialUp bool) error {
 	if _, ok := m.backends[key]; ok {
 		return fmt.Errorf("add backend %s: already monitored", key)
 	}
-	b := &watchedBackend{key: key, health: NewHealth(m.params, initialUp), wake: make(chan struct{}, 1)}
+	ctx, cancel := context.WithCancel(m.ctx)
+	b := &watchedBackend{key: key, health: NewHealth(m.params, initialUp), wake: make(chan struct{}, 1), cancel: cancel}
 	m.backends[key] = b
 	m.wg.Add(1)
-	go m.run(m.ctx, b)
+	go m.run(ctx, b)
 	return nil
+}
+
+// Remove stops checking the backend at key. A check of it under way is
+// cut short and not reported. It reports whether the backend was
+// monitored.
+func (m *Monitor) Remove(key string) bool {
+	m.mu.Lock()
+	b, ok := m.backends[key]
+	delete(m.backends, key)
+	m.mu.Unlock()
+	if ok {
+		b.cancel()
+	}
+	return ok
+}
+
+// SetParams changes the timings of every backend's checks (a reload): the
+// counts of successes and failures so far stay, and each backend's next
+// check is rescheduled by the new intervals, counted from its last one.
+func (m *Monitor) SetParams(p Params) error {
+	p = p.WithDefaults()
+	if err := p.Validate(); err != nil {
+		return fmt.Errorf("health check timings: %w", err)
+	}
+	m.mu.Lock()
+	m.params = p
+	var wake []*watchedBackend
+	for _, b := range m.backends {
+		b.health.params = p
+		wake = append(wake, b)
+	}
+	m.mu.Unlock()
+	for _, b := range wake {
+		select {
+		case b.wake <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+// SetChecker changes how backends are checked (a reload), from the next
+// check of each on.
+func (m *Monitor) SetChecker(c Checker) {
+	m.mu.Lock()
+	m.checker = c
+	m.mu.Unlock()
+}
+
+// Params returns the timings in force.
+func (m *Monitor) Params() Params {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.params
 }
 
 // Hint asks for a check of the backend at key at once (at most one per
@@ -209,7 +265,10 @@ func (m *Monitor) run(ctx context.Context, b *watchedBackend) {
 		// backend is down within fall x inter + timeout.
 		last = at
 
-		ev := Event{Key: b.key, At: at, Took: time.Since(at), Outcome: Classify(err), Detail: checkDetail(m.checker, err)}
+		m.mu.Lock()
+		checker := m.checker
+		m.mu.Unlock()
+		ev := Event{Key: b.key, At: at, Took: time.Since(at), Outcome: Classify(err), Detail: checkDetail(checker, err)}
 		m.mu.Lock()
 		v := b.health.Observe(ev.Outcome, ev.Detail)
 		if v.Changed {
@@ -226,9 +285,12 @@ func (m *Monitor) run(ctx context.Context, b *watchedBackend) {
 }
 
 func (m *Monitor) check(ctx context.Context, addr string) error {
-	ctx, cancel := context.WithTimeout(ctx, m.params.Timeout)
+	m.mu.Lock()
+	checker, timeout := m.checker, m.params.Timeout
+	m.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	return m.checker.Check(ctx, addr)
+	return checker.Check(ctx, addr)
 }
 
 // checkDetail is the log line's reason: the error, or "<check> ok" when the

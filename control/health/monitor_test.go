@@ -435,3 +435,65 @@ func TestNewMonitorRejectsBadParams(t *testing.T) {
 		t.Errorf("NewMonitor(rise -1) = %q, want %q", err, want)
 	}
 }
+
+// TestMonitorReload: a reload changes the timings (the next check follows
+// the new interval, counted from the last one, and the counts so far
+// stay), the checker, and removes a backend (no check of it after).
+func TestMonitorReload(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const a, b = "10.10.10.50:6443", "10.10.10.51:6443"
+		var broken sync.Map
+		h := newMonitorHarness(t, func(key string, n int) bool { _, bad := broken.Load(key); return bad })
+		h.mon.Add(a, true)
+		h.mon.Add(b, true)
+		h.runUntil(3 * time.Second) // checks at 0 and 2 s (inter 2 s)
+		// b fails once with fall 3: one failure counted.
+		broken.Store(b, true)
+		h.runUntil(4500 * time.Millisecond) // b: 4 s fails, then fastinter 0.5 s: 4.5 s fails (2/3)
+		if st, _ := h.mon.Status(b); !st.Up || st.Failures != 2 {
+			t.Fatalf("b before the reload: %+v", st)
+		}
+		p := testParams
+		p.Inter, p.FastInter, p.Fall = 10*time.Second, 3*time.Second, 4
+		if err := h.mon.SetParams(p); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.mon.SetParams(Params{Inter: -1}); err == nil {
+			t.Fatal("bad timings accepted")
+		}
+		h.runUntil(30 * time.Second)
+		// a: last check at 4 s, next by the new inter: 14 s, 24 s.
+		if got, want := h.checker.callTimes(a), secs(0, 2, 4, 14, 24); !slices.Equal(got, want) {
+			t.Errorf("a's checks %v, want %v", got, want)
+		}
+		// b: 2 failures counted, fall now 4: fastinter 3 s from 4.5 s,
+		// down at the 4th failure (7.5 s), then downinter 5 s.
+		if got, want := h.checker.callTimes(b)[:6], secs(0, 2, 4, 4.5, 7.5, 10.5); !slices.Equal(got, want) {
+			t.Errorf("b's checks %v, want %v", got, want)
+		}
+		if tr := h.got(); len(tr) != 1 || tr[0].Key != b || tr[0].Up || tr[0].Need != 4 {
+			t.Errorf("transitions %+v, want b down at its 4th failure", tr)
+		}
+		// A new checker answers from the next check on; a removed
+		// backend is checked no more.
+		fresh := &scriptedChecker{start: h.start, fails: func(string, int) bool { return false }, calls: map[string][]time.Duration{}}
+		h.mon.SetChecker(fresh)
+		if !h.mon.Remove(a) || h.mon.Remove(a) {
+			t.Fatal("Remove() of a monitored backend, then of a removed one")
+		}
+		na, nb := len(h.checker.callTimes(a)), len(h.checker.callTimes(b))
+		h.runUntil(60 * time.Second)
+		if len(h.checker.callTimes(a)) != na || len(h.checker.callTimes(b)) != nb {
+			t.Errorf("old checker called after the change: a %v, b %v", h.checker.callTimes(a), h.checker.callTimes(b))
+		}
+		if len(fresh.callTimes(a)) != 0 || len(fresh.callTimes(b)) == 0 {
+			t.Errorf("new checker: a %v (removed), b %v", fresh.callTimes(a), fresh.callTimes(b))
+		}
+		if st, _ := h.mon.Status(b); !st.Up {
+			t.Errorf("b, healthy by the new checker, still down: %+v", st)
+		}
+		if _, ok := h.mon.Status(a); ok {
+			t.Error("removed backend still has a status")
+		}
+	})
+}
