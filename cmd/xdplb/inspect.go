@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -9,32 +8,37 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/xdplb/xdplb/control/daemon"
 )
 
-func cmdStatus(e env, args []string) error {
-	var c common
-	fs := newFlagSet(e, "status", &c)
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parse(fs, args); err != nil {
-		if err == errHelp {
-			return nil
+func statusCmd(e env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "status [--json]",
+		Short: "backends, health, weights, connections, counters and the attachment, from the daemon",
+		Args:  noArgs,
+	}
+	asJSON := jsonFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		instance, _ := instanceOf(cmd, e)
+		resp, err := daemon.Call(instance, daemon.Request{Cmd: "status"})
+		if err != nil {
+			return err
 		}
-		return err
+		if !resp.OK || resp.Status == nil {
+			return fmt.Errorf("status: %s", resp.Error)
+		}
+		if *asJSON {
+			return printJSON(e.stdout, resp.Status)
+		}
+		printStatus(e, resp.Status)
+		return nil
 	}
-	resp, err := daemon.Call(c.instance, daemon.Request{Cmd: "status"})
-	if err != nil {
-		return err
-	}
-	if !resp.OK || resp.Status == nil {
-		return fmt.Errorf("status: %s", resp.Error)
-	}
-	st := resp.Status
-	if *asJSON {
-		enc := json.NewEncoder(e.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(st)
-	}
+	return cmd
+}
+
+func printStatus(e env, st *daemon.Status) {
 	att := st.Attachment
 	attached := "attached"
 	if !st.Attached {
@@ -47,6 +51,13 @@ func cmdStatus(e env, args []string) error {
 	}
 	printf(e.stdout, "snat ports %s; checks: %s from %s; flows: %d established entries, %d half-open\n",
 		st.SNATPorts, st.Check, st.CheckSource, st.Flows["flows"], st.Flows["half_open"])
+	if r := st.Reload; r != nil && !r.At.IsZero() {
+		ok := "applied"
+		if !r.OK {
+			ok = "FAILED: " + r.Error
+		}
+		printf(e.stdout, "last reload %s ago: %s\n", time.Since(r.At).Round(time.Second), ok)
+	}
 	tb := st.Table
 	perClient := "no per-client cap"
 	if tb.MaxPerClient > 0 {
@@ -65,157 +76,315 @@ func cmdStatus(e env, args []string) error {
 	}
 	printf(e.stdout, "daemon: %d of %d file descriptors\n\n", st.FDs, st.FDLimit)
 	tw := tabwriter.NewWriter(e.stdout, 0, 2, 2, ' ', 0)
-	fmt.Fprintln(tw, "BACKEND\tSTATE\tWEIGHT\tCONNS\tNEW\tPACKETS\tBYTES\tCHECK\tLAST CHECK")
+	fmt.Fprintln(tw, "NAME\tBACKEND\tSTATE\tWEIGHT\tCONNS\tNEW\tPACKETS\tBYTES\tCHECK\tLAST CHECK")
 	for _, b := range st.Backends {
-		state := b.State
+		state := string(b.State)
 		if b.Refused {
 			state += " (refused)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%.1fms\t%s\n", b.Addr, state, b.Weight, b.Connections, b.NewFlows, b.Packets, b.Bytes, b.CheckMillis, b.Health)
+		name := b.Name
+		if name == "" {
+			name = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%.1fms\t%s\n", name, b.Addr, state, b.Weight, b.Connections, b.NewFlows, b.Packets, b.Bytes, b.CheckMillis, b.Health)
 	}
 	tw.Flush()
-	printf(e.stdout, "\ncounters:")
+	printf(e.stdout, "\npackets:")
 	for _, name := range daemon.SortedCounters(st.Counters) {
-		if v := st.Counters[name]; v > 0 {
+		if v := st.Counters[name]; v > 0 && !daemon.IsEvent(name) {
+			printf(e.stdout, " %s=%d", name, v)
+		}
+	}
+	printf(e.stdout, "\nevents:")
+	for _, name := range daemon.SortedCounters(st.Counters) {
+		if v := st.Counters[name]; v > 0 && daemon.IsEvent(name) {
 			printf(e.stdout, " %s=%d", name, v)
 		}
 	}
 	printf(e.stdout, "\n")
-	return nil
 }
 
-func cmdCheck(e env, args []string) error {
-	var c common
-	fs := newFlagSet(e, "check", &c)
-	quiet := fs.BoolP("quiet", "q", false, "print nothing")
-	backends := fs.Bool("backends", false, "also fail when no backend can take new connections (every one down or drained), saying why")
-	if err := parse(fs, args); err != nil {
-		if err == errHelp {
-			return nil
-		}
-		return err
-	}
-	if fs.NArg() > 0 {
-		return usageError("check takes no arguments, got %q", fs.Args())
-	}
-	resp, err := daemon.Call(c.instance, daemon.Request{Cmd: "check", Backends: *backends})
-	if err == nil && !resp.OK {
-		err = fmt.Errorf("check: %s", resp.Error)
-	}
-	if err != nil {
-		if *quiet {
-			return &exitError{code: 1, err: errSilent}
-		}
-		return err
-	}
-	if !*quiet {
-		printf(e.stdout, "ok\n")
-	}
-	return nil
-}
+const checkLong = `Exit 0 if and only if this node forwards: its daemon runs and its program is
+attached. keepalived's track script (unweighted: a failure puts the node in
+FAULT and the VIP moves). With --backends, also fail when no backend can take
+new connections (every one down, drained, or unreachable from this node), and
+say why: the weighted track script that only lowers the node's priority.`
 
-func cmdBackend(e env, args []string) error {
-	var c common
-	fs := newFlagSet(e, "backend", &c)
-	if err := parse(fs, args); err != nil {
-		if err == errHelp {
+func checkCmd(e env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "check [--backends] [--quiet]",
+		Short: "exit 0 iff this node forwards (for keepalived's track script)",
+		Long:  checkLong,
+		Args:  noArgs,
+	}
+	quiet := cmd.Flags().BoolP("quiet", "q", false, "print nothing")
+	backends := cmd.Flags().Bool("backends", false, "also fail when no backend can take new connections (every one down or drained), saying why")
+	asJSON := jsonFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		instance, _ := instanceOf(cmd, e)
+		resp, err := daemon.Call(instance, daemon.Request{Cmd: "check", Backends: *backends})
+		if err == nil && !resp.OK {
+			err = fmt.Errorf("check: %s", resp.Error)
+		}
+		if *asJSON {
+			out := struct {
+				OK    bool   `json:"ok"`
+				Error string `json:"error,omitempty"`
+			}{OK: err == nil}
+			if err != nil {
+				out.Error = err.Error()
+			}
+			printJSON(e.stdout, out)
+			if err != nil {
+				return &exitError{code: exitFailure, err: errSilent}
+			}
 			return nil
 		}
-		return err
-	}
-	a := fs.Args()
-	if len(a) < 2 {
-		return usageError("usage: xdplb backend drain|enable|weight ADDR [N]")
-	}
-	req := daemon.Request{Cmd: a[0], Addr: a[1]}
-	switch a[0] {
-	case "drain", "enable":
-		if len(a) != 2 {
-			return usageError("usage: xdplb backend %s ADDR", a[0])
-		}
-	case "weight":
-		if len(a) != 3 {
-			return usageError("usage: xdplb backend weight ADDR N")
-		}
-		n, err := strconv.ParseUint(a[2], 10, 32)
 		if err != nil {
-			return usageError("weight %q: not a number", a[2])
+			if *quiet {
+				return &exitError{code: exitFailure, err: errSilent}
+			}
+			return err
 		}
-		req.Weight = uint32(n)
-	default:
-		return usageError("backend %q: want drain, enable or weight", a[0])
+		if !*quiet {
+			printf(e.stdout, "ok\n")
+		}
+		return nil
 	}
-	resp, err := daemon.Call(c.instance, req)
-	if err != nil {
-		return err
-	}
-	if !resp.OK {
-		return fmt.Errorf("backend %s: %s", a[0], resp.Error)
-	}
-	printf(e.stdout, "ok\n")
-	return nil
+	return cmd
 }
 
-func cmdFlows(e env, args []string) error {
-	var c common
-	fs := newFlagSet(e, "flows", &c)
-	backend := fs.String("backend", "", "only connections to this backend (ip or ip:port)")
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parse(fs, args); err != nil {
-		if err == errHelp {
+func backendCmd(e env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "backend drain|enable|weight",
+		Short: "drain, enable or weigh a backend (by name or address) until the next reload or restart of the weights",
+		Args:  noArgs,
+		RunE:  needSubcommand,
+	}
+	var asJSON *bool
+	op := func(use, short string, n int, req func(args []string) (daemon.Request, error)) *cobra.Command {
+		c := &cobra.Command{Use: use, Short: short, Args: exactArgs(n), ValidArgsFunction: completeBackends(e)}
+		c.RunE = func(c *cobra.Command, args []string) error {
+			instance, _ := instanceOf(c, e)
+			r, err := req(args)
+			if err != nil {
+				return err
+			}
+			resp, err := daemon.Call(instance, r)
+			if err != nil {
+				return err
+			}
+			if !resp.OK {
+				return fmt.Errorf("backend %s: %s", r.Cmd, resp.Error)
+			}
+			if *asJSON {
+				return printJSON(e.stdout, resp)
+			}
+			printf(e.stdout, "ok\n")
 			return nil
 		}
-		return err
+		return c
 	}
-	var filter func(netip.AddrPort) bool
-	if *backend != "" {
-		if ap, err := netip.ParseAddrPort(*backend); err == nil {
-			filter = func(a netip.AddrPort) bool { return a == ap }
-		} else if ip, err := netip.ParseAddr(*backend); err == nil {
-			filter = func(a netip.AddrPort) bool { return a.Addr() == ip }
-		} else {
-			return usageError("--backend %q: want ip or ip:port", *backend)
-		}
-	}
-	// Read the pinned maps directly: works while no daemon runs.
-	rows, err := daemon.Flows(c.bpffs, c.instance, filter)
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		return json.NewEncoder(e.stdout).Encode(rows)
-	}
-	tw := tabwriter.NewWriter(e.stdout, 0, 2, 2, ' ', 0)
-	fmt.Fprintln(tw, "CLIENT\tBACKEND\tSNAT\tSTATE\tAGE\tIDLE")
-	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%ds\t%ds\n", r.Client, r.Backend, r.SNAT, r.State, r.AgeSec, r.IdleSec)
-	}
-	tw.Flush()
-	printf(e.stdout, "%d connections\n", len(rows))
-	return nil
+	cmd.AddCommand(
+		op("drain NAME|ADDR", "no new connections to the backend; established ones stay", 1, func(a []string) (daemon.Request, error) {
+			return daemon.Request{Cmd: "drain", Addr: a[0]}, nil
+		}),
+		op("enable NAME|ADDR", "undo drain", 1, func(a []string) (daemon.Request, error) {
+			return daemon.Request{Cmd: "enable", Addr: a[0]}, nil
+		}),
+		op("weight NAME|ADDR N", "set the backend's Maglev weight, 0 (drained) to 256; the file's weight comes back at the next reload", 2, func(a []string) (daemon.Request, error) {
+			n, err := strconv.ParseUint(a[1], 10, 32)
+			if err != nil {
+				return daemon.Request{}, usageError("weight %q: not a number", a[1])
+			}
+			return daemon.Request{Cmd: "weight", Addr: a[0], Weight: uint32(n)}, nil
+		}),
+	)
+	asJSON = cmd.PersistentFlags().Bool("json", false, "print JSON")
+	return cmd
 }
 
-func cmdDetach(e env, args []string) error {
-	var c common
-	fs := newFlagSet(e, "detach", &c)
-	if err := parse(fs, args); err != nil {
-		if err == errHelp {
+func flowsCmd(e env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "flows [--backend NAME|ADDR] [--json]",
+		Short: "tracked connections, read from the pinned maps (works without the daemon)",
+		Args:  noArgs,
+	}
+	backend := cmd.Flags().String("backend", "", "only connections to this backend (name, ip or ip:port)")
+	cmd.RegisterFlagCompletionFunc("backend", completeBackends(e))
+	asJSON := jsonFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		instance, bpffs := instanceOf(cmd, e)
+		// Names come from the daemon, when it answers: the pinned maps
+		// know addresses only.
+		names := backendNames(instance)
+		var filter func(netip.AddrPort) bool
+		if b := *backend; b != "" {
+			if ap, err := netip.ParseAddrPort(b); err == nil {
+				filter = func(a netip.AddrPort) bool { return a == ap }
+			} else if ip, err := netip.ParseAddr(b); err == nil {
+				filter = func(a netip.AddrPort) bool { return a.Addr() == ip }
+			} else if addr, ok := nameAddr(names, b); ok {
+				filter = func(a netip.AddrPort) bool { return a == addr }
+			} else {
+				return usageError("--backend %q: want a backend's name (the daemon names none such), ip or ip:port", b)
+			}
+		}
+		rows, err := daemon.Flows(bpffs, instance, filter)
+		if err != nil {
+			return err
+		}
+		for i := range rows {
+			if ap, err := netip.ParseAddrPort(rows[i].Backend); err == nil {
+				rows[i].Name = names[ap]
+			}
+		}
+		if *asJSON {
+			return printJSON(e.stdout, rows)
+		}
+		tw := tabwriter.NewWriter(e.stdout, 0, 2, 2, ' ', 0)
+		fmt.Fprintln(tw, "CLIENT\tNAME\tBACKEND\tSNAT\tSTATE\tAGE\tIDLE")
+		for _, r := range rows {
+			name := r.Name
+			if name == "" {
+				name = "-"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%ds\t%ds\n", r.Client, name, r.Backend, r.SNAT, r.State, r.AgeSec, r.IdleSec)
+		}
+		tw.Flush()
+		printf(e.stdout, "%d connections\n", len(rows))
+		return nil
+	}
+	return cmd
+}
+
+// backendNames asks the daemon for its backends' names; none when it does
+// not answer within a second.
+func backendNames(instance string) map[netip.AddrPort]string {
+	names := map[netip.AddrPort]string{}
+	resp, err := daemon.CallTimeout(instance, daemon.Request{Cmd: "status"}, time.Second)
+	if err != nil || resp.Status == nil {
+		return names
+	}
+	for _, b := range resp.Status.Backends {
+		if ap, err := netip.ParseAddrPort(b.Addr); err == nil && b.Name != "" {
+			names[ap] = b.Name
+		}
+	}
+	return names
+}
+
+func nameAddr(names map[netip.AddrPort]string, name string) (netip.AddrPort, bool) {
+	for a, n := range names {
+		if n == name {
+			return a, true
+		}
+	}
+	return netip.AddrPort{}, false
+}
+
+func detachCmd(e env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "detach",
+		Short: "stop the daemon, remove the program, pins and state (drops tracked connections)",
+		Args:  noArgs,
+	}
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		instance, bpffs := instanceOf(cmd, e)
+		stopped, err := daemon.Detach(bpffs, instance)
+		if stopped {
+			printf(e.stdout, "stopped the daemon of instance %s\n", instance)
+		}
+		if err != nil {
+			return err
+		}
+		printf(e.stdout, "detached instance %s: program, pins and state removed\n", instance)
+		return nil
+	}
+	return cmd
+}
+
+const reloadLong = `Make the instance's daemon read its configuration again (its file and the
+flags it was started with) and apply it: backends added, removed or renamed,
+weights, check settings and timers, live; no connection is touched and the
+program stays attached. A setting that only a restart applies (frontend
+address or port, hook, XDP mode, SNAT range, table sizes, listeners) refuses
+the whole reload, saying to restart (which loses no connection). A broken file
+changes nothing either. The same as SIGHUP (systemctl reload xdplb), but
+waits for the result: exit 0 when applied, 1 when refused.
+
+--config names the file only to find the instance (its instance key) when
+--instance is not given; the daemon reads the file it was started with.`
+
+func reloadCmd(e env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "reload [--instance NAME | --config FILE]",
+		Short: "apply the configuration again, live (as SIGHUP), and say what changed",
+		Long:  reloadLong,
+		Args:  noArgs,
+	}
+	configFlag(cmd.Flags())
+	asJSON := jsonFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		instance, _ := instanceOf(cmd, e)
+		if !cmd.Flags().Changed("instance") {
+			instance = instanceFromFile(cmd.Flags().Lookup("config").Value.String(), e, instance)
+		}
+		resp, err := daemon.Call(instance, daemon.Request{Cmd: "reload"})
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			printJSON(e.stdout, resp)
+			if !resp.OK {
+				return &exitError{code: exitFailure, err: errSilent}
+			}
 			return nil
 		}
-		return err
+		if !resp.OK {
+			return fmt.Errorf("reload: %s", resp.Error)
+		}
+		if r := resp.Reload; r != nil {
+			if len(r.Changes) == 0 {
+				printf(e.stdout, "reloaded: nothing changed\n")
+			}
+			for _, c := range r.Changes {
+				printf(e.stdout, "%s\n", c)
+			}
+			for _, w := range r.Warnings {
+				printf(e.stderr, "xdplb: warning: %s\n", w)
+			}
+		}
+		return nil
 	}
-	stopped, err := daemon.Detach(c.bpffs, c.instance)
-	if stopped {
-		printf(e.stdout, "stopped the daemon of instance %s\n", c.instance)
-	}
-	if err != nil {
-		return err
-	}
-	printf(e.stdout, "detached instance %s: program, pins and state removed\n", c.instance)
-	return nil
+	return cmd
 }
 
-func cmdVersion(e env, args []string) error {
-	printf(e.stdout, "xdplb %s (data path: %s)\n", daemon.Version, strings.Join([]string{"xdp", "tc"}, "+"))
-	return nil
+// instanceFromFile reads the instance key of a configuration file, or
+// returns def when the file gives none (or cannot be read: the daemon will
+// say what is wrong with it).
+func instanceFromFile(path string, e env, def string) string {
+	cfg, _, err := loadFile(path, e)
+	if err != nil || cfg.Instance == "" {
+		return def
+	}
+	return cfg.Instance
+}
+
+func versionCmd(e env) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "version [--json]",
+		Short: "print the version",
+		Args:  noArgs,
+	}
+	asJSON := jsonFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		v := daemon.Build()
+		if *asJSON {
+			return printJSON(e.stdout, v)
+		}
+		printf(e.stdout, "xdplb %s (data path: %s; %s %s/%s)\n", v.Version, strings.Join(v.Hooks, "+"), v.GoVersion, v.OS, v.Arch)
+		return nil
+	}
+	return cmd
 }

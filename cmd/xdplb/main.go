@@ -1,7 +1,7 @@
 // Command xdplb is an eBPF/XDP load balancer for the K3s API servers: it
 // replaces HAProxy (or the Nginx stream proxy) of the K3s "Cluster Load
-// Balancer" guide on lb-1/lb-2. This file only wires the subcommands; the
-// work is in control/daemon, control and loader.
+// Balancer" guide on lb-1/lb-2. This package parses the command line and
+// prints; the work is in control/daemon, control and loader.
 package main
 
 import (
@@ -11,6 +11,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -20,6 +22,10 @@ type env struct {
 	stdout io.Writer
 	stderr io.Writer
 	getenv func(string) string
+	// hup delivers SIGHUP (reload) to `xdplb run`; nil: none.
+	hup <-chan os.Signal
+	// journal: stderr is the systemd journal's stream (JOURNAL_STREAM).
+	journal bool
 }
 
 // exitError carries an exit code other than 1.
@@ -31,49 +37,20 @@ type exitError struct {
 func (e *exitError) Error() string { return e.err.Error() }
 func (e *exitError) Unwrap() error { return e.err }
 
-// usageError marks bad flags or arguments (exit code 2).
+// Exit codes: 1 for a failure, 2 for bad flags, arguments or configuration
+// (the unit's RestartPreventExitStatus: retrying cannot fix them).
+const (
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+// usageError marks bad flags, arguments or configuration (exit code 2).
 func usageError(format string, args ...any) error {
-	return &exitError{code: 2, err: fmt.Errorf(format, args...)}
+	return &exitError{code: exitUsage, err: fmt.Errorf(format, args...)}
 }
 
-const usage = `xdplb: an eBPF/XDP load balancer for the K3s API servers
-
-usage:
-  xdplb run     --iface eth1 --vip 10.10.10.100 --backend 10.10.10.50 ... [flags]
-  xdplb status  [--instance NAME] [--json]
-  xdplb check   [--instance NAME] [--backends]
-                exit 0 iff the daemon runs and its program is attached (this node forwards);
-                --backends: and a backend can take new connections (else says why)
-  xdplb backend drain|enable|weight ADDR [N] [--instance NAME]
-  xdplb flows   [--instance NAME] [--backend ADDR] [--json]
-  xdplb detach  [--instance NAME]        stop the daemon, remove the program, pins and state
-  xdplb version
-
-Every subcommand takes --instance (default "default") and --bpffs (default
-$XDPLB_BPFFS, else /sys/fs/bpf). "xdplb run --help" lists the run flags.
-`
-
-func xdplb(e env, args []string) error {
-	if len(args) == 0 {
-		fmt.Fprint(e.stderr, usage)
-		return usageError("no subcommand")
-	}
-	cmds := map[string]func(env, []string) error{
-		"run": cmdRun, "status": cmdStatus, "check": cmdCheck, "backend": cmdBackend,
-		"flows": cmdFlows, "detach": cmdDetach, "version": cmdVersion,
-	}
-	switch args[0] {
-	case "-h", "--help", "help":
-		fmt.Fprint(e.stdout, usage)
-		return nil
-	}
-	cmd, ok := cmds[args[0]]
-	if !ok {
-		fmt.Fprint(e.stderr, usage)
-		return usageError("unknown subcommand %q", args[0])
-	}
-	return cmd(e, args[1:])
-}
+// errSilent: the subcommand already said everything.
+var errSilent = errors.New("silent")
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -84,11 +61,16 @@ func main() {
 		<-ctx.Done()
 		stop()
 	}()
-	err := xdplb(env{ctx: ctx, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}, os.Args[1:])
+	// SIGHUP reloads a running daemon; for any other command it is ignored
+	// rather than fatal (a terminal closing under `xdplb status`).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	e := env{ctx: ctx, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv, hup: hup, journal: journalStream(os.Getenv("JOURNAL_STREAM"))}
+	err := xdplb(e, os.Args[1:])
 	if err == nil {
 		return
 	}
-	code := 1
+	code := exitFailure
 	var ee *exitError
 	if errors.As(err, &ee) {
 		code = ee.code
@@ -99,5 +81,23 @@ func main() {
 	os.Exit(code)
 }
 
-// errSilent: the subcommand already said everything.
-var errSilent = errors.New("silent")
+// journalStream says whether stderr is the journal's stream: systemd sets
+// JOURNAL_STREAM to its device and inode, and the stream is still stderr
+// only if they match (a shell started from the unit inherits the variable
+// with another stderr).
+func journalStream(v string) bool {
+	dev, ino, ok := strings.Cut(v, ":")
+	if !ok {
+		return false
+	}
+	d, err1 := strconv.ParseUint(dev, 10, 64)
+	i, err2 := strconv.ParseUint(ino, 10, 64)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	var st syscall.Stat_t
+	if err := syscall.Fstat(2, &st); err != nil {
+		return false
+	}
+	return uint64(st.Dev) == d && st.Ino == i
+}

@@ -265,6 +265,9 @@ func DefaultConfig() Config {
 	return defaultConfig(os.Getenv)
 }
 
+// DefaultConfigFrom is DefaultConfig with the environment read through getenv.
+func DefaultConfigFrom(getenv func(string) string) Config { return defaultConfig(getenv) }
+
 func defaultConfig(getenv func(string) string) Config {
 	bpffs := bpf.DefaultBPFFS
 	if v := getenv(bpf.BPFFSEnv); v != "" {

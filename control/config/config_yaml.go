@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -22,12 +23,15 @@ func LoadConfig(path string) (Config, error) {
 // warnings about it (deprecated spellings). It does not validate: the
 // command line may still change fields, then call Validate. A missing
 // file gives an error that matches fs.ErrNotExist.
-func Load(path string) (Config, []string, error) {
+func Load(path string) (Config, []string, error) { return LoadFrom(path, os.Getenv) }
+
+// LoadFrom is Load with the environment ($XDPLB_BPFFS) read through getenv.
+func LoadFrom(path string, getenv func(string) string) (Config, []string, error) {
 	data, err := safefile.Read(path, safefile.MaxSize, safefile.Timeout)
 	if err != nil {
 		return Config{}, nil, fmt.Errorf("read config: %w", err)
 	}
-	cfg, warnings, err := Parse(data)
+	cfg, warnings, err := parse(data, defaultConfig(getenv))
 	for i, w := range warnings {
 		warnings[i] = "config " + path + ": " + w
 	}
@@ -49,8 +53,9 @@ func ParseConfig(data []byte) (Config, error) {
 // unknown keys are errors, with the key a typo probably meant, so that a
 // typo is never silently ignored. A deprecated spelling is accepted with
 // a warning.
-func Parse(data []byte) (Config, []string, error) {
-	cfg := DefaultConfig()
+func Parse(data []byte) (Config, []string, error) { return parse(data, DefaultConfig()) }
+
+func parse(data []byte, cfg Config) (Config, []string, error) {
 	var doc yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {

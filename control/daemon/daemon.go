@@ -32,19 +32,28 @@ import (
 	"github.com/xdplb/xdplb/control/balancer"
 	"github.com/xdplb/xdplb/control/config"
 	"github.com/xdplb/xdplb/control/health"
+	"github.com/xdplb/xdplb/control/preflight"
 	"github.com/xdplb/xdplb/loader"
 )
 
 // Version is set at build time (-ldflags -X).
 var Version = "dev"
 
-// Options beyond the configuration file.
+// Options beyond the configuration.
 type Options struct {
-	Verbose bool
-	NoLink  bool // attach through netlink/clsact even where bpf_link exists
-	Logger  *slog.Logger
+	Logger *slog.Logger
+	// Level is the logger's level: the daemon sets it from the
+	// configuration's verbose (at start and at every reload). nil: none.
+	Level *slog.LevelVar
 	// Ready is closed once the program is attached and the socket serves.
 	Ready chan<- struct{}
+	// Reload reads the configuration again, validated (its file and the
+	// command line the daemon was started with). nil: reloads are refused.
+	Reload func() (config.Config, []string, error)
+	// Hup delivers SIGHUP, which reloads.
+	Hup <-chan os.Signal
+	// ConfigPath is the configuration file, for the log.
+	ConfigPath string
 }
 
 var _ balancer.Datapath = loader.Datapath{}
@@ -72,6 +81,14 @@ type parts struct {
 	repin    func() (loader.Attachment, error)
 	// now is the data path's clock (bpf.Now).
 	now func() uint64
+	// newChecker makes the health checker of a configuration (a reload
+	// that changes check settings); nil: health.NewChecker.
+	newChecker func(health.CheckKind, health.CheckOptions) (health.Checker, error)
+	// notify sends a state to the service manager (sd_notify); nil: none.
+	notify func(state string)
+	// kick makes the kernel resolve backends' next hops (kickNeighbours);
+	// nil: not done.
+	kick func(backends []config.BackendSpec, source netip.Addr)
 }
 
 // linkSettle is how long after its interface comes back a failed check
@@ -80,7 +97,9 @@ const linkSettle = 2 * time.Second
 
 // Daemon is a running instance.
 type Daemon struct {
-	cfg     config.Config
+	cfgMu   sync.Mutex
+	cfg     config.Config // under cfgMu: a reload changes it
+	opts    Options
 	node    nodeFacts
 	log     *slog.Logger
 	parts   parts
@@ -110,6 +129,14 @@ type Daemon struct {
 
 	shutdown     chan struct{}
 	shutdownOnce sync.Once
+
+	// reloadMu makes reloads one at a time; lastReload is the last one.
+	reloadMu   sync.Mutex
+	lastReload *ReloadResult
+	reloads    [2]atomic.Uint64 // applied, failed
+
+	// stats are the health checks' counters, for metrics.
+	stats checkStats
 }
 
 // Run starts the instance and serves until ctx ends or a shutdown command
@@ -128,6 +155,9 @@ func Run(ctx context.Context, cfg config.Config, opts Options) error {
 	}
 	if err := cfg.Validate(); err != nil {
 		return err
+	}
+	if opts.Level != nil {
+		opts.Level.Set(levelOf(cfg))
 	}
 	if os.Geteuid() != 0 {
 		return errors.New("xdplb run needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN): run it with sudo")
@@ -170,16 +200,35 @@ func Run(ctx context.Context, cfg config.Config, opts Options) error {
 		return err
 	}
 
+	// Preflight: what on this node makes the data path fail or crawl is
+	// said now, and auto takes a mode that forwards.
+	facts := Facts(cfg)
+	for _, c := range preflight.Checks(facts) {
+		if c.Result == preflight.Warn || c.Result == preflight.Fail {
+			log.Warn("preflight: "+c.Name+": "+c.Detail, "fix", c.Fix)
+		}
+	}
+	mode, modeWhy := preflight.XDPMode(cfg.XDPMode, facts.Iface)
+	if cfg.Hook != bpf.HookXDP {
+		mode, modeWhy = cfg.XDPMode, ""
+	}
+
 	lopts := loader.Options{
 		BPFFS: cfg.BPFFS, Instance: cfg.Instance, Iface: cfg.Iface,
-		Hook: cfg.Hook, XDPMode: cfg.XDPMode,
-		Data: node.data, Verbose: opts.Verbose, NoLink: opts.NoLink, Logger: log,
+		Hook: cfg.Hook, XDPMode: mode,
+		Data: node.data, Verbose: cfg.Verbose, NoLink: cfg.NoBPFLink, Logger: log,
 	}
 	inst, err := loader.Start(lopts)
 	if err != nil {
 		return err
 	}
 	defer inst.Close()
+	if modeWhy != "" && !inst.Replaced {
+		if inst.Attachment.Reason != "" {
+			modeWhy += "; " + inst.Attachment.Reason
+		}
+		inst.Attachment.Reason = modeWhy
+	}
 	verb := "attached"
 	if inst.Replaced {
 		verb = "replaced program in place (flow table kept)"
@@ -212,10 +261,15 @@ func Run(ctx context.Context, cfg config.Config, opts Options) error {
 			}
 			return reattach()
 		},
-		now: bpf.Now,
+		now:    bpf.Now,
+		notify: sdNotifier(),
+		kick:   kickNeighbours,
 	}
 	kickNeighbours(cfg.ResolvedBackends(), node.source)
 	d, err := start(cfg, node, p, inst.Attachment, log)
+	if d != nil {
+		d.opts = opts
+	}
 	if err != nil {
 		if !inst.Replaced {
 			if derr := loader.Detach(cfg.BPFFS, cfg.Instance); derr != nil {
@@ -229,11 +283,22 @@ func Run(ctx context.Context, cfg config.Config, opts Options) error {
 	return d.serve(ctx, ctl, metrics, opts.Ready)
 }
 
+// levelOf is the log level a configuration asks for.
+func levelOf(cfg config.Config) slog.Level {
+	if cfg.Verbose {
+		return slog.LevelDebug
+	}
+	return slog.LevelInfo
+}
+
 // start builds the daemon over its parts: the balancer (reading back the
 // backends a previous daemon left), the table, the health monitor.
 func start(cfg config.Config, node nodeFacts, p parts, att loader.Attachment, log *slog.Logger) (*Daemon, error) {
 	d := &Daemon{cfg: cfg, node: node, log: log, parts: p, att: att, started: time.Now(), shutdown: make(chan struct{}),
 		faultLog: rateLimit{every: 10 * time.Second}, refuseLog: rateLimit{every: time.Minute}}
+	if d.parts.newChecker == nil {
+		d.parts.newChecker = health.NewChecker
+	}
 	d.monoBase, d.monoBaseNs = time.Now(), p.now()
 	bal, err := balancer.New(p.dp, balancer.Options{
 		Frontend: node.data.Frontend, Backends: cfg.ResolvedBackends(), Timeouts: node.data,
@@ -247,13 +312,7 @@ func start(cfg config.Config, node nodeFacts, p parts, att loader.Attachment, lo
 	if err := bal.Sync(); err != nil {
 		return nil, err
 	}
-	checker := p.checker
-	if p.link != nil {
-		// A check that failed while this node's own link was down is
-		// not counted against the backend.
-		checker = &health.LocalGuard{Checker: checker, Link: p.link, Iface: cfg.Iface, Settle: linkSettle}
-	}
-	mon, err := health.NewMonitor(checker, cfg.HealthParams(), d.onCheck)
+	mon, err := health.NewMonitor(d.guard(p.checker), cfg.HealthParams(), d.onCheck)
 	if err != nil {
 		return nil, err
 	}
@@ -265,6 +324,22 @@ func start(cfg config.Config, node nodeFacts, p parts, att loader.Attachment, lo
 		}
 	}
 	return d, nil
+}
+
+// guard wraps a checker so that a check that failed while this node's
+// own link was down is not counted against the backend.
+func (d *Daemon) guard(c health.Checker) health.Checker {
+	if d.parts.link == nil {
+		return c
+	}
+	return &health.LocalGuard{Checker: c, Link: d.parts.link, Iface: d.config().Iface, Settle: linkSettle}
+}
+
+// config returns the configuration in force.
+func (d *Daemon) config() config.Config {
+	d.cfgMu.Lock()
+	defer d.cfgMu.Unlock()
+	return d.cfg
 }
 
 // stopGrace bounds how long the daemon waits for its goroutines when it
@@ -304,6 +379,7 @@ func (d *Daemon) serve(ctx context.Context, ctl *controlSocket, metrics net.List
 		run("link watch", func(ctx context.Context) error { return d.parts.link.run(ctx, d.log, d.onLink) })
 	}
 	run("control socket", loop(func(ctx context.Context) { d.serveControl(ctx, ctl) }))
+	run("reload", loop(d.reloadLoop))
 	var srv *http.Server
 	if metrics != nil {
 		srv = d.metricsServer()
@@ -317,6 +393,7 @@ func (d *Daemon) serve(ctx context.Context, ctl *controlSocket, metrics net.List
 	if ready != nil {
 		close(ready)
 	}
+	d.notifyReady()
 	var err error
 	select {
 	case <-ctx.Done():
@@ -325,6 +402,7 @@ func (d *Daemon) serve(ctx context.Context, ctl *controlSocket, metrics net.List
 		d.log.Error("stopping: a part of the daemon failed", "err", err)
 	}
 	d.log.Info("stopping; the program stays attached and keeps forwarding tracked flows")
+	d.sdNotify("STOPPING=1\nSTATUS=stopping; the program stays attached and keeps forwarding tracked connections")
 	cancel()
 	ctl.Listener.Close()
 	if srv != nil {
@@ -344,11 +422,16 @@ func (d *Daemon) serve(ctx context.Context, ctl *controlSocket, metrics net.List
 // balancer acts. It is called from the monitor's goroutines, one at a
 // time.
 func (d *Daemon) onCheck(ev health.Event) {
-	d.latency.Store(ev.Key, ev.Took)
 	addr, err := netip.ParseAddrPort(ev.Key)
 	if err != nil {
 		return
 	}
+	b, ok := d.bal.Lookup(addr)
+	if !ok {
+		return // removed by a reload while it was being checked
+	}
+	d.latency.Store(ev.Key, ev.Took)
+	d.stats.check(ev.Key, ev.Outcome)
 	switch ev.Outcome {
 	case health.Healthy:
 		// A check that started after a refusal and passed clears it.
@@ -357,21 +440,29 @@ func (d *Daemon) onCheck(ev health.Event) {
 		d.localFaults.Add(1)
 		if d.faultLog.allow() {
 			d.log.Warn("health check not counted: this node's own fault, not the backend's; backends keep their state",
-				"backend", ev.Key, "err", ev.Detail)
+				"backend", b.Label(), "err", ev.Detail)
 		}
 	}
 	if tr := ev.Transition; tr != nil {
-		d.log.Info(tr.String())
+		d.stats.transition(ev.Key, tr.Up)
+		named := *tr
+		named.Key = b.Label()
+		if tr.Up {
+			d.log.Info(named.String())
+		} else {
+			d.log.Warn(named.String())
+		}
 		if !tr.Up && tr.KeepConnections {
-			d.log.Info("backend answers but is not ready: no new connections, established ones kept", "backend", ev.Key)
+			d.log.Info("backend answers but is not ready: no new connections, established ones kept", "backend", b.Label())
 		}
 		if err := d.bal.SetHealth(addr, tr.Up, tr.KeepConnections); err != nil {
-			d.log.Error("apply health transition", "backend", ev.Key, "err", err)
+			d.log.Error("apply health transition", "backend", b.Label(), "err", err)
 		}
+		d.notifyStatus()
 	}
 	if ev.DropConnections {
 		if err := d.bal.PurgeFlows(addr); err != nil {
-			d.log.Error("remove the connections of a backend that stopped answering", "backend", ev.Key, "err", err)
+			d.log.Error("remove the connections of a backend that stopped answering", "backend", b.Label(), "err", err)
 		}
 	}
 }
@@ -394,7 +485,11 @@ func (d *Daemon) refusedLoop(ctx context.Context) {
 				continue
 			}
 			seen[addr] = ts
-			d.log.Info("backend refused a connection (RST to SYN): skipped for new flows, checking now", "backend", addr.String())
+			label := addr.String()
+			if b, ok := d.bal.Lookup(addr); ok {
+				label = b.Label()
+			}
+			d.log.Info("backend refused a connection (RST to SYN): skipped for new flows, checking now", "backend", label)
 			d.mon.Hint(addr.String())
 		}
 	})
@@ -419,10 +514,6 @@ func every(ctx context.Context, interval time.Duration, fn func()) {
 // the data path's counters say the table may be filling
 // (balancer.GCDue): they are read every second.
 func (d *Daemon) gcLoop(ctx context.Context) {
-	interval := d.cfg.GCInterval
-	if interval <= 0 {
-		interval = config.DefaultGCInterval
-	}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -436,6 +527,10 @@ func (d *Daemon) gcLoop(ctx context.Context) {
 			case <-tick.C:
 			}
 			now := d.counters(bpf.StatNewFlow, bpf.StatResetTableFull)
+			interval := d.config().GCInterval // a reload may change it
+			if interval <= 0 {
+				interval = config.DefaultGCInterval
+			}
 			if time.Since(last) >= balancer.NextGC(res.Pressure, interval) ||
 				balancer.GCDue(res.Pressure, now[0]-base[0], now[1]-base[1]) {
 				break
@@ -483,6 +578,15 @@ func (d *Daemon) gc() balancer.GCResult {
 	if p.Reclaimed > 0 {
 		d.log.Debug("crowded connection table: ended connections removed before their timeout", "reclaimed", p.Reclaimed)
 	}
+	for _, b := range res.Freed {
+		d.mon.Remove(b.Addr.String())
+		d.latency.Delete(b.Addr.String())
+		d.stats.forget(b.Addr.String())
+		d.log.Info("backend removed by a reload has no connection left: gone", "backend", b.Label())
+	}
+	if len(res.Freed) > 0 {
+		d.notifyStatus()
+	}
 	return res
 }
 
@@ -507,7 +611,7 @@ func (d *Daemon) resolveOnce() {
 			continue
 		}
 		if err := d.bal.SetNextHop(st.Addr, nh); err != nil {
-			d.log.Warn("write backend next hop", "backend", st.Addr.String(), "err", err)
+			d.log.Warn("write backend next hop", "backend", st.Label(), "err", err)
 		}
 	}
 }

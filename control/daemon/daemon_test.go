@@ -4,14 +4,20 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/common/expfmt"
 
 	"github.com/xdplb/xdplb/bpf"
 	"github.com/xdplb/xdplb/control/balancer"
@@ -84,8 +90,8 @@ func testConfig() config.Config {
 	cfg.Iface, cfg.VIP = "eth1", netip.MustParseAddr("10.10.10.100")
 	cfg.Inter = time.Second
 	cfg.MetricsAddr = ""
-	for _, s := range []netip.AddrPort{s1, s2, s3} {
-		cfg.Backends = append(cfg.Backends, config.BackendSpec{Addr: s, Weight: 1})
+	for i, s := range []netip.AddrPort{s1, s2, s3} {
+		cfg.Backends = append(cfg.Backends, config.BackendSpec{Name: fmt.Sprintf("server-%d", i+1), Addr: s, Weight: 1})
 	}
 	return cfg
 }
@@ -332,26 +338,73 @@ func state(st *Status, addr netip.AddrPort) State {
 	return ""
 }
 
-// TestMetrics: the exposition names every backend, counter and table.
+// TestMetrics: the exposition passes client_golang's lint (names, units,
+// help, counters' _total), has one series per backend state (one-hot),
+// keeps events apart from packets, and counts checks and transitions.
 func TestMetrics(t *testing.T) {
-	r := newRig(t)
-	r.dp.Count(bpf.StatToBackend, 41)
-	r.d.bal.SetHealth(s2, false, false)
+	synctest.Test(t, func(t *testing.T) {
+		r := newRig(t)
+		r.dp.Count(bpf.StatToBackend, 41)
+		r.dp.Count(bpf.StatFlowExpired, 3)
+		r.checker.set(s2, refused)
+		time.Sleep(2500 * time.Millisecond) // s2: three failed checks at 0, 1, 2 s: down
+		synctest.Wait()
+		reg := r.d.registry()
+		problems, err := testutil.GatherAndLint(reg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range problems {
+			t.Errorf("lint: %s: %s", p.Metric, p.Text)
+		}
+		out := gatherText(t, reg)
+		for _, want := range []string{
+			`xdplb_backend_state{backend="10.10.10.50:6443",name="server-1",state="up"} 1`,
+			`xdplb_backend_state{backend="10.10.10.50:6443",name="server-1",state="down"} 0`,
+			`xdplb_backend_state{backend="10.10.10.51:6443",name="server-2",state="down"} 1`,
+			`xdplb_backend_state{backend="10.10.10.51:6443",name="server-2",state="up"} 0`,
+			`xdplb_health_checks_total{backend="10.10.10.51:6443",name="server-2",result="no_answer"} 3`,
+			`xdplb_health_checks_total{backend="10.10.10.50:6443",name="server-1",result="healthy"} 3`,
+			`xdplb_backend_transitions_total{backend="10.10.10.51:6443",name="server-2",to="down"} 1`,
+			`xdplb_packets_total{reason="to_backend",verdict="forward"} 41`,
+			`xdplb_events_total{event="flow_expired"} 3`,
+			`xdplb_flow_table_capacity{table="flows"} 262144`,
+			`xdplb_flow_table_capacity{table="half_open"} 65536`,
+			`xdplb_attached{hook="xdp",iface="eth1",mode="native"} 1`,
+			`xdplb_build_info{goversion="` + runtime.Version() + `",version="` + Version + `"} 1`,
+			`xdplb_config_last_reload_successful 1`,
+			"process_open_fds ", "go_goroutines ",
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("metrics lack %q", want)
+			}
+		}
+		if strings.Contains(out, `reason="flow_expired"`) {
+			t.Error("an event is counted as packets")
+		}
+		// One-hot: exactly one state per backend is 1.
+		for _, b := range []netip.AddrPort{s1, s2, s3} {
+			if n := strings.Count(out, `xdplb_backend_state{backend="`+b.String()+`",`); n != len(States) {
+				t.Errorf("%s has %d state series, want %d", b, n, len(States))
+			}
+		}
+	})
+}
+
+// gatherText is the registry's exposition in the text format.
+func gatherText(t *testing.T, reg *prometheus.Registry) string {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
 	var b bytes.Buffer
-	r.d.writeMetrics(&b)
-	out := b.String()
-	for _, want := range []string{
-		`xdplb_backend_up{backend="10.10.10.50:6443",state="UP"} 1`,
-		`xdplb_backend_up{backend="10.10.10.51:6443",state="DOWN"} 0`,
-		`xdplb_packets_total{verdict="forward",reason="to_backend"} 41`,
-		`xdplb_flow_table_capacity{table="flows"} 262144`,
-		`xdplb_flow_table_capacity{table="half_open"} 65536`,
-		`xdplb_attached{iface="eth1",hook="xdp",mode="native"} 1`,
-	} {
-		if !strings.Contains(out, want) {
-			t.Errorf("metrics lack %q", want)
+	for _, mf := range mfs {
+		if _, err := expfmt.MetricFamilyToText(&b, mf); err != nil {
+			t.Fatal(err)
 		}
 	}
+	return b.String()
 }
 
 // TestDecideNode: what the interface's addresses mean.

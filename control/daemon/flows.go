@@ -10,8 +10,10 @@ import (
 
 // FlowRow is one tracked connection, as `xdplb flows` lists it.
 type FlowRow struct {
-	Client   string `json:"client"`
-	Backend  string `json:"backend"`
+	Client  string `json:"client"`
+	Backend string `json:"backend"`
+	// Name is the backend's name, when the daemon that named it answers.
+	Name     string `json:"name,omitempty"`
 	SNAT     string `json:"snat"`
 	State    string `json:"state"`
 	AgeSec   int64  `json:"age_s"`

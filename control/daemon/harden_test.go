@@ -396,11 +396,10 @@ func TestTablePressureWiring(t *testing.T) {
 	if !st.Table.Refusing || st.Table.Live != 97 || st.Table.Capacity != 100 || st.Counters["reset_table_full"] != 5 {
 		t.Fatalf("status: %+v, reset_table_full %d", st.Table, st.Counters["reset_table_full"])
 	}
-	var b bytes.Buffer
-	r.d.writeMetrics(&b)
+	out := gatherText(t, r.d.registry())
 	for _, want := range []string{"xdplb_refusing_new_connections 1", "xdplb_connections_live 97", "xdplb_connections_capacity 100",
-		`xdplb_packets_total{verdict="reset",reason="reset_table_full"} 5`} {
-		if !strings.Contains(b.String(), want) {
+		`xdplb_packets_total{reason="reset_table_full",verdict="reset"} 5`} {
+		if !strings.Contains(out, want) {
 			t.Errorf("metrics lack %q", want)
 		}
 	}

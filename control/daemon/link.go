@@ -170,7 +170,7 @@ func (w *linkWatch) lastIndex() int {
 // under another ifindex (deleted and made again), attaches the program to
 // it.
 func (d *Daemon) onLink(ch linkChange) {
-	iface := d.cfg.Iface
+	iface := d.config().Iface
 	switch {
 	case ch.Removed:
 		d.log.Error("interface removed: the program went with it; health checks are not counted until it is back",

@@ -12,7 +12,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/xdplb/xdplb/bpf"
+	"github.com/xdplb/xdplb/control/health"
 )
 
 // Limits of the metrics listener: a scraper needs one connection and a
@@ -91,10 +96,9 @@ func (c *slotConn) Close() error {
 // or idles after one, is closed.
 func (d *Daemon) metricsServer() *http.Server {
 	mux := http.NewServeMux()
-	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-		d.writeMetrics(w)
-	})
+	mux.Handle("/metrics", promhttp.HandlerFor(d.registry(), promhttp.HandlerOpts{
+		ErrorHandling: promhttp.ContinueOnError, MaxRequestsInFlight: 4, Timeout: metricsWrite - time.Second,
+	}))
 	return &http.Server{
 		Handler: mux, ReadHeaderTimeout: metricsReadHeader, ReadTimeout: metricsRead,
 		WriteTimeout: metricsWrite, IdleTimeout: metricsIdle, MaxHeaderBytes: 16 << 10,
@@ -102,72 +106,145 @@ func (d *Daemon) metricsServer() *http.Server {
 	}
 }
 
-func (d *Daemon) writeMetrics(w io.Writer) {
-	st := d.status()
-	family := func(name, typ, help string) {
-		fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)
-	}
-	family("xdplb_backend_up", "gauge", "1 if the backend is up (health checks pass).")
-	for _, b := range st.Backends {
-		up := 0
-		if b.State != StateDown {
-			up = 1
-		}
-		fmt.Fprintf(w, "xdplb_backend_up{backend=%q,state=%q} %d\n", b.Addr, b.State, up)
-	}
-	per := []struct {
-		name, typ, help string
-		value           func(BackendStatus) any
-	}{
-		{"xdplb_backend_weight", "gauge", "Configured weight (0 = drained).", func(b BackendStatus) any { return b.Weight }},
-		{"xdplb_backend_connections", "gauge", "Tracked established connections (at the last flow GC).", func(b BackendStatus) any { return b.Connections }},
-		{"xdplb_backend_half_open", "gauge", "Tracked half-open connections (at the last flow GC).", func(b BackendStatus) any { return b.HalfOpen }},
-		{"xdplb_backend_packets_total", "counter", "Packets forwarded to or from the backend.", func(b BackendStatus) any { return b.Packets }},
-		{"xdplb_backend_bytes_total", "counter", "Bytes forwarded to or from the backend.", func(b BackendStatus) any { return b.Bytes }},
-		{"xdplb_backend_new_connections_total", "counter", "Connections opened to the backend.", func(b BackendStatus) any { return b.NewFlows }},
-		{"xdplb_backend_check_seconds", "gauge", "Duration of the last health check.", func(b BackendStatus) any { return b.CheckMillis / 1000 }},
-	}
-	for _, p := range per {
-		family(p.name, p.typ, p.help)
-		for _, b := range st.Backends {
-			fmt.Fprintf(w, "%s{backend=%q} %v\n", p.name, b.Addr, p.value(b))
-		}
-	}
-	family("xdplb_packets_total", "counter", "Packets by verdict and reason (info: events counted on top).")
-	for _, s := range bpf.Stats() {
-		fmt.Fprintf(w, "xdplb_packets_total{verdict=%q,reason=%q} %d\n", s.Verdict(), s.Name(), st.Counters[s.Name()])
-	}
-	family("xdplb_flow_table_entries", "gauge", "Entries in each flow table (at the last flow GC).")
-	family("xdplb_flow_table_capacity", "gauge", "Capacity of each flow table.")
-	for _, t := range []struct {
-		name string
-		cap  uint32
-	}{{bpf.TableEstablished.String(), d.parts.dp.TableCapacity(bpf.TableEstablished)}, {bpf.TableHalfOpen.String(), d.parts.dp.TableCapacity(bpf.TableHalfOpen)}} {
-		fmt.Fprintf(w, "xdplb_flow_table_entries{table=%q} %d\n", t.name, st.Flows[t.name])
-		fmt.Fprintf(w, "xdplb_flow_table_capacity{table=%q} %d\n", t.name, t.cap)
-	}
-	family("xdplb_connections_live", "gauge", "Established connections in the connection table (at the last flow GC).")
-	fmt.Fprintf(w, "xdplb_connections_live %d\n", st.Table.Live)
-	family("xdplb_connections_capacity", "gauge", "Connections the connection table holds (max-conns).")
-	fmt.Fprintf(w, "xdplb_connections_capacity %d\n", st.Table.Capacity)
-	family("xdplb_refusing_new_connections", "gauge", "1 while the connection table is full and new connections are refused with a RST (see reset_table_full).")
-	fmt.Fprintf(w, "xdplb_refusing_new_connections %d\n", b2i(st.Table.Refusing))
-	family("xdplb_connections_reclaimed_total", "counter", "Ended connections removed before their timeout to make room in a crowded table.")
-	fmt.Fprintf(w, "xdplb_connections_reclaimed_total %d\n", st.Table.ReclaimedTotal)
-	family("xdplb_link_up", "gauge", "1 while the frontend interface is up; while it is down, health checks are not counted.")
-	fmt.Fprintf(w, "xdplb_link_up{iface=%q} %d\n", st.Iface, b2i(st.LinkUp))
-	family("xdplb_health_checks_not_counted_total", "counter", "Checks that failed because of this node (out of descriptors, no route, its link down), not counted against the backend.")
-	fmt.Fprintf(w, "xdplb_health_checks_not_counted_total %d\n", st.LocalFaults)
-	family("process_open_fds", "gauge", "Open file descriptors of the daemon.")
-	fmt.Fprintf(w, "process_open_fds %d\n", st.FDs)
-	family("process_max_fds", "gauge", "The daemon's limit of open file descriptors.")
-	fmt.Fprintf(w, "process_max_fds %d\n", st.FDLimit)
-	attached := b2i(st.Attached)
-	family("xdplb_attached", "gauge", "1 if the program is attached.")
-	fmt.Fprintf(w, "xdplb_attached{iface=%q,hook=%q,mode=%q} %d\n", st.Iface, st.Attachment.Hook, strings.ToLower(st.Attachment.Mode), attached)
+// registry holds the daemon's collector and the process's and Go
+// runtime's (process_open_fds, process_resident_memory_bytes, go_*).
+func (d *Daemon) registry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(&collector{d: d},
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		collectors.NewGoCollector())
+	return reg
 }
 
-func b2i(b bool) int {
+// The daemon's metrics. A custom collector builds them at scrape time
+// from the daemon's status, which reads the data path's maps then: no
+// copy is kept, and a backend removed by a reload disappears from the
+// next scrape.
+var (
+	backendLabels = []string{"backend", "name"}
+
+	mBuildInfo = prometheus.NewDesc("xdplb_build_info",
+		"Always 1; the labels say which xdplb runs.", []string{"version", "goversion"}, nil)
+	mBackendState = prometheus.NewDesc("xdplb_backend_state",
+		"1 for the state the backend is in, 0 for the others: up (takes new connections), down (failed its checks), "+
+			"drain (drained or weight 0: established connections stay), retiring (removed by a reload: gone once its connections end).",
+		append(backendLabels, "state"), nil)
+	mBackendWeight = prometheus.NewDesc("xdplb_backend_weight",
+		"Maglev weight of the backend (0: drained).", backendLabels, nil)
+	mBackendConns = prometheus.NewDesc("xdplb_backend_connections",
+		"Established connections tracked to the backend (at the last flow GC).", backendLabels, nil)
+	mBackendHalfOpen = prometheus.NewDesc("xdplb_backend_half_open_connections",
+		"Half-open connections tracked to the backend (at the last flow GC).", backendLabels, nil)
+	mBackendPackets = prometheus.NewDesc("xdplb_backend_packets_total",
+		"Packets forwarded to or from the backend.", backendLabels, nil)
+	mBackendBytes = prometheus.NewDesc("xdplb_backend_bytes_total",
+		"Bytes forwarded to or from the backend.", backendLabels, nil)
+	mBackendNew = prometheus.NewDesc("xdplb_backend_new_connections_total",
+		"Connections opened to the backend.", backendLabels, nil)
+	mBackendCheckSeconds = prometheus.NewDesc("xdplb_backend_check_duration_seconds",
+		"Duration of the backend's last health check.", backendLabels, nil)
+	mChecks = prometheus.NewDesc("xdplb_health_checks_total",
+		"Health checks by result: healthy, not_ready (answered, e.g. /readyz 503), no_answer, "+
+			"local_fault (this node's own fault: not counted against the backend).", append(backendLabels, "result"), nil)
+	mTransitions = prometheus.NewDesc("xdplb_backend_transitions_total",
+		"Changes of the backend's health state, by the state it went to (up or down).", append(backendLabels, "to"), nil)
+	mPackets = prometheus.NewDesc("xdplb_packets_total",
+		"Packets by verdict and reason: each packet the program sees is counted once.", []string{"verdict", "reason"}, nil)
+	mEvents = prometheus.NewDesc("xdplb_events_total",
+		"Events of the data path, counted on top of packets (flow expired, flow reopened, fib lookup, ...).", []string{"event"}, nil)
+	mTableEntries = prometheus.NewDesc("xdplb_flow_table_entries",
+		"Entries in each flow table (at the last flow GC).", []string{"table"}, nil)
+	mTableCapacity = prometheus.NewDesc("xdplb_flow_table_capacity",
+		"Entries each flow table holds.", []string{"table"}, nil)
+	mConnsLive = prometheus.NewDesc("xdplb_connections_live",
+		"Established connections in the connection table (at the last flow GC).", nil, nil)
+	mConnsCapacity = prometheus.NewDesc("xdplb_connections_capacity",
+		"Connections the connection table holds (max-conns).", nil, nil)
+	mRefusing = prometheus.NewDesc("xdplb_refusing_new_connections",
+		"1 while the connection table is full and new connections are refused with a RST (see reset_table_full).", nil, nil)
+	mReclaimed = prometheus.NewDesc("xdplb_connections_reclaimed_total",
+		"Ended connections removed before their timeout to make room in a crowded table.", nil, nil)
+	mLinkUp = prometheus.NewDesc("xdplb_link_up",
+		"1 while the frontend interface is up; while it is down, health checks are not counted.", []string{"iface"}, nil)
+	mAttached = prometheus.NewDesc("xdplb_attached",
+		"1 if the program is attached.", []string{"iface", "hook", "mode"}, nil)
+	mReloads = prometheus.NewDesc("xdplb_config_reloads_total",
+		"Reloads of the configuration (SIGHUP, xdplb reload), by result: applied, or failed (nothing changed).", []string{"result"}, nil)
+	mReloadOK = prometheus.NewDesc("xdplb_config_last_reload_successful",
+		"1 if the last reload was applied (or none was tried), 0 if it failed and the running configuration is older than the file.", nil, nil)
+	mStarted = prometheus.NewDesc("xdplb_start_time_seconds",
+		"When the daemon started, in seconds since the epoch.", nil, nil)
+)
+
+// checkResults are the label values of health.Outcome.
+var checkResults = [...]string{health.Healthy: "healthy", health.NotReady: "not_ready", health.NoAnswer: "no_answer", health.LocalFault: "local_fault"}
+
+type collector struct{ d *Daemon }
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, desc := range []*prometheus.Desc{mBuildInfo, mBackendState, mBackendWeight, mBackendConns, mBackendHalfOpen,
+		mBackendPackets, mBackendBytes, mBackendNew, mBackendCheckSeconds, mChecks, mTransitions, mPackets, mEvents,
+		mTableEntries, mTableCapacity, mConnsLive, mConnsCapacity, mRefusing, mReclaimed, mLinkUp, mAttached,
+		mReloads, mReloadOK, mStarted} {
+		ch <- desc
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	d := c.d
+	st := d.status()
+	gauge := func(desc *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(desc *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, v, labels...)
+	}
+	b := Build()
+	gauge(mBuildInfo, 1, b.Version, b.GoVersion)
+	for _, be := range st.Backends {
+		l := []string{be.Addr, be.Name}
+		for _, s := range States {
+			gauge(mBackendState, b2f(be.State == s), be.Addr, be.Name, strings.ToLower(string(s)))
+		}
+		gauge(mBackendWeight, float64(be.Weight), l...)
+		gauge(mBackendConns, float64(be.Connections), l...)
+		gauge(mBackendHalfOpen, float64(be.HalfOpen), l...)
+		counter(mBackendPackets, float64(be.Packets), l...)
+		counter(mBackendBytes, float64(be.Bytes), l...)
+		counter(mBackendNew, float64(be.NewFlows), l...)
+		gauge(mBackendCheckSeconds, be.CheckMillis/1000, l...)
+		checks, moves := d.stats.snapshot(be.Addr)
+		for o, name := range checkResults {
+			counter(mChecks, float64(checks[o]), be.Addr, be.Name, name)
+		}
+		counter(mTransitions, float64(moves[0]), be.Addr, be.Name, "down")
+		counter(mTransitions, float64(moves[1]), be.Addr, be.Name, "up")
+	}
+	for _, s := range bpf.Stats() {
+		v := float64(st.Counters[s.Name()])
+		if s.Verdict() == bpf.VerdictInfo {
+			counter(mEvents, v, s.Name())
+		} else {
+			counter(mPackets, v, s.Verdict(), s.Name())
+		}
+	}
+	for _, t := range []bpf.FlowTable{bpf.TableEstablished, bpf.TableHalfOpen} {
+		gauge(mTableEntries, float64(st.Flows[t.String()]), t.String())
+		gauge(mTableCapacity, float64(d.parts.dp.TableCapacity(t)), t.String())
+	}
+	gauge(mConnsLive, float64(st.Table.Live))
+	gauge(mConnsCapacity, float64(st.Table.Capacity))
+	gauge(mRefusing, b2f(st.Table.Refusing))
+	counter(mReclaimed, float64(st.Table.ReclaimedTotal))
+	gauge(mLinkUp, b2f(st.LinkUp), st.Iface)
+	gauge(mAttached, b2f(st.Attached), st.Iface, string(st.Attachment.Hook), strings.ToLower(st.Attachment.Mode))
+	counter(mReloads, float64(d.reloads[0].Load()), "applied")
+	counter(mReloads, float64(d.reloads[1].Load()), "failed")
+	gauge(mReloadOK, b2f(st.Reload == nil || st.Reload.OK))
+	gauge(mStarted, float64(st.Started.UnixNano())/1e9)
+}
+
+func b2f(b bool) float64 {
 	if b {
 		return 1
 	}

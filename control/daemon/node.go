@@ -21,8 +21,11 @@ type nodeFacts struct {
 	local bool
 	// source is the address health checks come from: never the VIP.
 	source netip.Addr
-	snat   config.PortRange
-	data   bpf.Config
+	// own is the node's address checks come from when check-source is
+	// not set (a reload may set or unset it).
+	own  netip.Addr
+	snat config.PortRange
+	data bpf.Config
 }
 
 // examineNode works out, from the interface's addresses and the kernel's
@@ -67,6 +70,7 @@ func decideNode(cfg config.Config, own []netip.Addr, eph config.PortRange) (node
 	if n.local {
 		n.source = cfg.VIP
 	}
+	n.own = n.source
 	if cfg.CheckSource.IsValid() {
 		n.source = cfg.CheckSource
 	}

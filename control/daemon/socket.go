@@ -29,7 +29,8 @@ func SocketPath(instance string) string { return filepath.Join(RunDir, instance+
 
 // Request is one command on the control socket (one JSON object a line).
 type Request struct {
-	Cmd    string `json:"cmd"` // status, check, drain, enable, weight, shutdown
+	Cmd string `json:"cmd"` // status, check, drain, enable, weight, reload, shutdown
+	// Addr names a backend: its name, "ip" (the frontend port) or "ip:port".
 	Addr   string `json:"addr,omitempty"`
 	Weight uint32 `json:"weight,omitempty"`
 	// Backends, with check: also fail when no backend can take new
@@ -39,9 +40,12 @@ type Request struct {
 
 // Response answers a Request.
 type Response struct {
-	OK     bool    `json:"ok"`
-	Error  string  `json:"error,omitempty"`
-	Status *Status `json:"status,omitempty"`
+	OK     bool          `json:"ok"`
+	Error  string        `json:"error,omitempty"`
+	Status *Status       `json:"status,omitempty"`
+	Reload *ReloadResult `json:"reload,omitempty"`
+	// Backend is the backend a drain, enable or weight acted on.
+	Backend string `json:"backend,omitempty"`
 }
 
 // Status is what `xdplb status` shows.
@@ -71,6 +75,10 @@ type Status struct {
 	// FDs and FDLimit are the daemon's open file descriptors and limit.
 	FDs     int    `json:"fds"`
 	FDLimit uint64 `json:"fd_limit"`
+	// Reload is the last reload, if any.
+	Reload *ReloadResult `json:"reload,omitempty"`
+	// Config is the configuration file the daemon reads at a reload.
+	Config string `json:"config,omitempty"`
 }
 
 // TableStatus is the connection table's load.
@@ -93,11 +101,18 @@ const (
 	// StateDrain: healthy, but drained by the operator (or weight 0): no
 	// new connections, established ones stay.
 	StateDrain State = "DRAIN"
+	// StateRetiring: removed from the configuration: no new connections;
+	// it goes once its established ones have ended.
+	StateRetiring State = "RETIRING"
 )
+
+// States are the backend states, in the order metrics list them.
+var States = []State{StateUp, StateDown, StateDrain, StateRetiring}
 
 // BackendStatus is one backend in Status.
 type BackendStatus struct {
 	Addr        string  `json:"addr"`
+	Name        string  `json:"name,omitempty"`
 	ID          uint32  `json:"id"`
 	State       State   `json:"state"`
 	Weight      uint32  `json:"weight"`
@@ -141,6 +156,8 @@ func noBackendWhy(bs []BackendStatus) string {
 			why = append(why, fmt.Sprintf("%s UP but not reachable from this node (%s)", b.Addr, health))
 		case b.State == StateDown:
 			why = append(why, fmt.Sprintf("%s DOWN (%s)", b.Addr, health))
+		case b.State == StateRetiring:
+			why = append(why, b.Addr+" RETIRING (removed from the configuration)")
 		case b.Drained:
 			why = append(why, b.Addr+" DRAIN (drained by the operator)")
 		default:
@@ -290,10 +307,17 @@ func (d *Daemon) handle(req Request) Response {
 			}
 		}
 		return Response{OK: true, Status: &st}
+	case "reload":
+		r := d.reload("xdplb reload")
+		return Response{OK: r.OK, Error: r.Error, Reload: &r}
 	case "drain", "enable", "weight":
 		addr, err := d.parseBackend(req.Addr)
 		if err != nil {
 			return fail(err)
+		}
+		label := addr.String()
+		if b, ok := d.bal.Lookup(addr); ok {
+			label = b.Label()
 		}
 		switch req.Cmd {
 		case "drain":
@@ -306,8 +330,13 @@ func (d *Daemon) handle(req Request) Response {
 		if err != nil {
 			return fail(err)
 		}
-		d.log.Info("backend "+req.Cmd, "backend", addr.String(), "weight", req.Weight)
-		return Response{OK: true}
+		if req.Cmd == "weight" {
+			d.log.Info("backend weight", "backend", label, "weight", req.Weight)
+		} else {
+			d.log.Info("backend "+req.Cmd, "backend", label)
+		}
+		d.notifyStatus()
+		return Response{OK: true, Backend: label}
 	case "shutdown":
 		d.stop()
 		return Response{OK: true}
@@ -315,26 +344,33 @@ func (d *Daemon) handle(req Request) Response {
 	return fail(fmt.Errorf("unknown command %q", req.Cmd))
 }
 
-// parseBackend accepts "ip" (the frontend port) or "ip:port".
+// parseBackend accepts a backend's name, "ip" (the frontend port) or
+// "ip:port".
 func (d *Daemon) parseBackend(s string) (netip.AddrPort, error) {
 	if ap, err := netip.ParseAddrPort(s); err == nil {
 		return ap, nil
 	}
+	for _, b := range d.bal.Backends() {
+		if b.Name != "" && b.Name == s {
+			return b.Addr, nil
+		}
+	}
 	a, err := netip.ParseAddr(s)
 	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("backend %q: want ip or ip:port", s)
+		return netip.AddrPort{}, fmt.Errorf("backend %q: no backend of that name; want a name, ip or ip:port", s)
 	}
-	return netip.AddrPortFrom(a, d.cfg.Port), nil
+	return netip.AddrPortFrom(a, d.config().Port), nil
 }
 
 func (d *Daemon) status() Status {
-	cfg := d.cfg
+	cfg := d.config()
 	st := Status{
 		Instance: cfg.Instance, Version: Version, PID: os.Getpid(), Started: d.started,
 		Iface: cfg.Iface, Frontend: d.node.data.Frontend.String(), SNATPorts: d.node.snat.String(),
 		CheckSource: d.node.source.String(), Check: string(cfg.Check), Attachment: d.attachment(),
 		Counters: map[string]uint64{}, Flows: map[string]int{},
 		LinkUp: true, LocalFaults: d.localFaults.Load(),
+		Reload: d.lastReloadResult(), Config: d.opts.ConfigPath,
 	}
 	if d.parts.link != nil {
 		st.LinkUp, _, _ = d.parts.link.LinkState()
@@ -362,11 +398,13 @@ func (d *Daemon) status() Status {
 	}
 	refused, _ := d.bal.Refused()
 	for _, b := range d.bal.Backends() {
-		bs := BackendStatus{Addr: b.Addr.String(), ID: b.ID, Weight: b.Weight,
+		bs := BackendStatus{Addr: b.Addr.String(), Name: b.Name, ID: b.ID, Weight: b.Weight,
 			Connections: gc.Connections[b.ID], HalfOpen: gc.HalfOpen[b.ID]}
 		switch {
 		case !b.Up:
 			bs.State = StateDown
+		case b.Retired:
+			bs.State = StateRetiring
 		case !b.TakesNew():
 			bs.State = StateDrain
 		default:
@@ -403,6 +441,11 @@ func (d *Daemon) status() Status {
 // within 10 s.
 func Call(instance string, req Request) (Response, error) {
 	return call(instance, req, controlTimeout)
+}
+
+// CallTimeout is Call with another bound (shell completion asks with 1 s).
+func CallTimeout(instance string, req Request, timeout time.Duration) (Response, error) {
+	return call(instance, req, timeout)
 }
 
 func call(instance string, req Request, timeout time.Duration) (Response, error) {
@@ -504,6 +547,18 @@ func Detach(bpffs, instance string) (stopped bool, err error) {
 		return stopped, err
 	}
 	return stopped, loader.Detach(bpffs, instance)
+}
+
+// IsEvent says whether the counter of that name counts events (verdict
+// info) rather than packets: each packet is counted once under its
+// verdict's reason, events on top.
+func IsEvent(name string) bool {
+	for _, s := range bpf.Stats() {
+		if s.Name() == name {
+			return s.Verdict() == bpf.VerdictInfo
+		}
+	}
+	return false
 }
 
 // SortedCounters returns counter names in index order.
