@@ -31,6 +31,10 @@ type InstanceConfig struct {
 	Backends []netip.Addr
 	// Args are more `xdplb run` flags (--hook, --check, --inter, ...).
 	Args []string
+	// ConfigFile, if set, is passed as --config, and the backends are
+	// left to it (no --backend flags, which a reload would apply again
+	// over the file's list).
+	ConfigFile string
 	// ReadyTimeout bounds how long Start waits for `xdplb check` to
 	// pass; zero means 10 s.
 	ReadyTimeout time.Duration
@@ -124,7 +128,11 @@ func runArgs(name, bpffs string, c InstanceConfig, servers []*testnet.Host) []st
 		front = testnet.VIPAddr()
 	}
 	args := []string{"run", "--instance", name, "--bpffs", bpffs,
-		"--iface", testnet.HostIface, "--vip", front.String(), "--metrics-addr", ""}
+		"--iface", testnet.HostIface, "--vip", front.String()}
+	if c.ConfigFile != "" {
+		return append(append(args, "--config", c.ConfigFile), c.Args...)
+	}
+	args = append(args, "--metrics-addr", "")
 	backends := c.Backends
 	if backends == nil {
 		for _, s := range servers {
