@@ -153,17 +153,11 @@ type result struct {
 
 func (h *harness) stats() []uint64 {
 	h.t.Helper()
-	out := make([]uint64, StatCount)
-	for i := range out {
-		var per []uint64
-		if err := h.maps.XdplbStats.Lookup(uint32(i), &per); err != nil {
-			h.t.Fatal(err)
-		}
-		for _, v := range per {
-			out[i] += v
-		}
+	var per [][StatCount]uint64
+	if err := h.maps.XdplbStats.Lookup(uint32(0), &per); err != nil {
+		h.t.Fatal(err)
 	}
-	return out
+	return SumStats(per)
 }
 
 func (h *harness) backendCounters(id uint32) BackendCounters {

@@ -28,7 +28,8 @@ func TestLimitsMatchMaps(t *testing.T) {
 			{"backend_refused", m.XdplbRefused.MaxEntries, MaxBackends},
 			{"backend_stats", m.XdplbBeStats.MaxEntries, MaxBackends},
 			{"maglev", m.XdplbMaglev.MaxEntries, 2 * MaglevSize},
-			{"stats", m.XdplbStats.MaxEntries, uint32(StatCount)},
+			{"stats", m.XdplbStats.MaxEntries, 1},
+			{"stats value", m.XdplbStats.ValueSize, uint32(8 * StatCount)},
 		} {
 			if c.got != c.want {
 				t.Errorf("%s: map %s has %d entries, Go says %d", name, c.what, c.got, c.want)

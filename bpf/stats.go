@@ -9,6 +9,18 @@ type Stat = xdplbXdplbStat
 // StatCount is the number of counters.
 const StatCount = int(xdplbXdplbStatSTAT_MAX)
 
+// SumStats adds up the stats map's per-CPU values (its one entry, key 0,
+// holds a counter per Stat in order) into one counter per Stat.
+func SumStats(per [][StatCount]uint64) []uint64 {
+	out := make([]uint64, StatCount)
+	for _, cpu := range per {
+		for i, v := range cpu {
+			out[i] += v
+		}
+	}
+	return out
+}
+
 // Verdict classes of a Stat.
 const (
 	VerdictPass    = "pass"

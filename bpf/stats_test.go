@@ -49,4 +49,19 @@ func TestStatLabels(t *testing.T) {
 		}
 		seen[s.Name()] = true
 	}
+	// The stats map's value names each counter as Go does, in the
+	// enum's order, so that bpftool prints the labels of status and
+	// metrics.
+	var st *btf.Struct
+	if err := spec.Types.TypeByName("xdplb_stats", &st); err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Members) != StatCount {
+		t.Fatalf("struct xdplb_stats has %d counters, the enum %d", len(st.Members), StatCount)
+	}
+	for i, m := range st.Members {
+		if m.Name != Stat(i).Name() || m.Offset.Bytes() != uint32(8*i) {
+			t.Errorf("struct xdplb_stats member %d is %s at byte %d, want %s at %d", i, m.Name, m.Offset.Bytes(), Stat(i).Name(), 8*i)
+		}
+	}
 }

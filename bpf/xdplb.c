@@ -68,10 +68,11 @@ volatile const __u32 no_backend_reset = 0;
 
 static __always_inline void count(__u32 reason)
 {
-	__u64 *c = bpf_map_lookup_elem(&xdplb_stats, &reason);
+	__u32 zero = 0;
+	struct xdplb_stats *s = bpf_map_lookup_elem(&xdplb_stats, &zero);
 
-	if (c)
-		*c += 1;
+	if (s && reason < STAT_MAX)
+		((__u64 *)s)[reason] += 1;
 }
 
 static __always_inline void count_backend(__u32 id, __u32 bytes, int new_flow)

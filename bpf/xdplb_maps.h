@@ -60,11 +60,13 @@ struct {
 	__type(value, struct lb_control);
 } xdplb_control SEC(".maps");
 
+/* One entry (key 0) per CPU: a counter per reason, by name (struct
+ * xdplb_stats). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, STAT_MAX);
+	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct xdplb_stats);
 } xdplb_stats SEC(".maps");
 
 struct {

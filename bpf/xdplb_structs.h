@@ -48,6 +48,48 @@ enum xdplb_stat {
 	STAT_MAX,
 };
 
+/* The stats map's one value: a counter per enum xdplb_stat, in the enum's
+ * order and named as the Go labels (bpf/stats.go), so that `bpftool map
+ * dump` prints every counter by name. count() indexes it by the enum (an
+ * array access at a constant offset: no cost over an array keyed by the
+ * enum, which the kernel refuses: an array's key must be an integer in
+ * its BTF). TestStatLabels keeps the fields in step with the enum. */
+struct xdplb_stats {
+	__u64 not_ipv4;
+	__u64 vlan;
+	__u64 truncated;
+	__u64 bad_ip;
+	__u64 ip_options;
+	__u64 fragment;
+	__u64 not_tcp;
+	__u64 bad_tcp;
+	__u64 other_addr;
+	__u64 other_port;
+	__u64 no_flow;
+	__u64 reply_no_flow;
+	__u64 icmp_no_flow;
+	__u64 new_flow;
+	__u64 to_backend;
+	__u64 to_client;
+	__u64 icmp;
+	__u64 reset_no_backend;
+	__u64 reset_table_full;
+	__u64 reset_client_limit;
+	__u64 no_backend;
+	__u64 ports_exhausted;
+	__u64 no_neigh;
+	__u64 backend_reset;
+	__u64 flow_insert;
+	__u64 bad_flags;
+	__u64 bad_rst;
+	__u64 aborted;
+	__u64 flow_expired;
+	__u64 flow_reopened;
+	__u64 fib_lookup;
+	__u64 gso;
+	__u64 close_ignored;
+};
+
 enum flow_state {
 	FLOW_SYN_SENT = 1,
 	FLOW_ESTABLISHED = 2,

@@ -71,6 +71,43 @@ type xdplbCoarseLbControl struct {
 	RefuseNew    uint32
 }
 
+type xdplbCoarseXdplbStats struct {
+	_                structs.HostLayout
+	NotIpv4          uint64
+	Vlan             uint64
+	Truncated        uint64
+	BadIp            uint64
+	IpOptions        uint64
+	Fragment         uint64
+	NotTcp           uint64
+	BadTcp           uint64
+	OtherAddr        uint64
+	OtherPort        uint64
+	NoFlow           uint64
+	ReplyNoFlow      uint64
+	IcmpNoFlow       uint64
+	NewFlow          uint64
+	ToBackend        uint64
+	ToClient         uint64
+	Icmp             uint64
+	ResetNoBackend   uint64
+	ResetTableFull   uint64
+	ResetClientLimit uint64
+	NoBackend        uint64
+	PortsExhausted   uint64
+	NoNeigh          uint64
+	BackendReset     uint64
+	FlowInsert       uint64
+	BadFlags         uint64
+	BadRst           uint64
+	Aborted          uint64
+	FlowExpired      uint64
+	FlowReopened     uint64
+	FibLookup        uint64
+	Gso              uint64
+	CloseIgnored     uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.

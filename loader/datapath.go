@@ -142,19 +142,14 @@ func (d Datapath) Refused(id uint32) (uint64, error) {
 // ClearRefused clears backend id's refusal flag.
 func (d Datapath) ClearRefused(id uint32) error { return d.M.XdplbRefused.Put(id, uint64(0)) }
 
-// Stats sums the per-CPU packet counters, indexed by bpf.Stat.
+// Stats sums the per-CPU packet counters, indexed by bpf.Stat (the stats
+// map's one value holds them all, in the enum's order).
 func (d Datapath) Stats() ([]uint64, error) {
-	out := make([]uint64, bpf.StatCount)
-	for i := range out {
-		var per []uint64
-		if err := d.M.XdplbStats.Lookup(uint32(i), &per); err != nil {
-			return nil, err
-		}
-		for _, v := range per {
-			out[i] += v
-		}
+	var per [][bpf.StatCount]uint64
+	if err := d.M.XdplbStats.Lookup(uint32(0), &per); err != nil {
+		return nil, err
 	}
-	return out, nil
+	return bpf.SumStats(per), nil
 }
 
 // BackendCounters sums backend id's per-CPU counters.

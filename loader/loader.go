@@ -159,6 +159,9 @@ func Start(opts Options) (_ *Instance, err error) {
 		if err := checkTableSize(dir, spec, opts); err != nil {
 			return nil, err
 		}
+		if err := replaceCounterMaps(dir, spec, opts.Logger); err != nil {
+			return nil, err
+		}
 	}
 	if err := checkForeignProgram(opts, iface); err != nil {
 		return nil, err

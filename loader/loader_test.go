@@ -325,3 +325,54 @@ func TestLegacyLayoutRefused(t *testing.T) {
 		t.Fatal(strings.Join(errs, "\n"))
 	}
 }
+
+// TestCounterMapOfAnotherLayout: an instance whose stats map has the
+// layout of an older xdplb (an array of one counter per reason) is
+// upgraded in place: the stats map is replaced, the flow table kept.
+func TestCounterMapOfAnotherLayout(t *testing.T) {
+	inNetns(t, func(bpffs string) {
+		opts := testOptions(bpffs, bpf.HookXDP, bpf.XDPGeneric)
+		inst, err := Start(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		key := bpf.Key(netip.MustParseAddrPort("10.10.10.101:40000"), opts.Data.Frontend)
+		if err := inst.Maps.XdplbFlows.Put(key, bpf.Flow{State: uint8(bpf.FlowEstablished), LastSeenNs: 1}); err != nil {
+			t.Fatal(err)
+		}
+		inst.Close()
+		defer Detach(bpffs, opts.Instance)
+		// The older layout, pinned in its place.
+		path := filepath.Join(instanceDir(bpffs, opts.Instance), "xdplb_stats")
+		if err := os.Remove(path); err != nil {
+			t.Fatal(err)
+		}
+		old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "xdplb_stats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: uint32(bpf.StatCount)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := old.Pin(path); err != nil {
+			t.Fatal(err)
+		}
+		old.Close()
+
+		inst2, err := Start(opts)
+		if err != nil {
+			t.Fatalf("upgrade over an older stats map: %v", err)
+		}
+		defer inst2.Close()
+		if !inst2.Replaced {
+			t.Error("the program was not replaced in place")
+		}
+		var f bpf.Flow
+		if err := inst2.Maps.XdplbFlows.Lookup(key, &f); err != nil {
+			t.Errorf("flow lost: %v", err)
+		}
+		if inst2.Maps.XdplbStats.MaxEntries() != 1 || inst2.Maps.XdplbStats.ValueSize() != uint32(8*bpf.StatCount) {
+			t.Errorf("stats map not replaced: %d entries of %d bytes", inst2.Maps.XdplbStats.MaxEntries(), inst2.Maps.XdplbStats.ValueSize())
+		}
+		if _, err := (Datapath{M: inst2.Maps}).Stats(); err != nil {
+			t.Errorf("stats: %v", err)
+		}
+	})
+}

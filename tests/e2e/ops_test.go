@@ -242,6 +242,22 @@ func TestOperatorConventions(t *testing.T) {
 	}
 	t.Logf("REPORT: reloads (rename, reweigh, remove, add back by SIGHUP, 3 refused): 30 streams, %d broken, worst heartbeat gap %.0f ms, prog id unchanged", broken, worst)
 
+	// bpftool prints the maps readably: counters by name, flows and
+	// backends by field (BTF).
+	if _, err := exec.LookPath("bpftool"); err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		for _, m := range []struct{ name, want string }{
+			{"xdplb_stats", `"to_backend": `}, {"xdplb_backends", `"addr": `}, {"xdplb_flows", `"last_seen_ns": `},
+		} {
+			out, err := exec.CommandContext(ctx, "bpftool", "map", "dump", "pinned", filepath.Join(in.PinDir(), m.name)).CombinedOutput()
+			if err != nil || !strings.Contains(string(out), m.want) {
+				t.Errorf("bpftool map dump %s: %v\n%.2000s", m.name, err, out)
+			}
+			t.Logf("REPORT: bpftool map dump pinned .../%s:\n%.1500s", m.name, out)
+		}
+	}
+
 	// Phase 3: lb-2's veth peer runs no XDP program: auto takes generic.
 	lb2 := c.LB(2)
 	if err := lb2.DetachXDPFromPeer(); err != nil {
