@@ -7,7 +7,11 @@ LDFLAGS := -X github.com/xdplb/xdplb/control/daemon.Version=$(VERSION)
 export PATH := $(dir $(GO)):$(PATH)
 
 # Debian packages the tests use (installed when missing, on Debian/Ubuntu).
-TEST_DEBS := clang-14 llvm-14 libbpf-dev linux-libc-dev iproute2 ethtool keepalived bpftool
+# systemd and man-db: systemd-analyze verify/security of the unit (it looks
+# up the man page its Documentation= names); strace: the daemon's system
+# calls against the unit's SystemCallFilter (e2e); groff-base renders the
+# man page in its test.
+TEST_DEBS := clang-14 llvm-14 libbpf-dev linux-libc-dev iproute2 ethtool keepalived bpftool systemd man-db groff-base strace
 
 .PHONY: help
 help: ## list the targets
@@ -28,6 +32,14 @@ build: ## build bin/xdplb and the test tools (bin/mockapi, bin/agent)
 	$(GO) build -o bin/mockapi ./tests/cmd/mockapi
 	$(GO) build -o bin/agent ./tests/cmd/agent
 
+.PHONY: docs
+docs: ## the man page and shell completions, from the command tree: bin/xdplb.8, bin/completion/{xdplb.bash,_xdplb,xdplb.fish}
+	mkdir -p bin/completion
+	$(GO) run -ldflags "$(LDFLAGS)" ./cmd/xdplb man > bin/xdplb.8
+	$(GO) run -ldflags "$(LDFLAGS)" ./cmd/xdplb completion bash > bin/completion/xdplb.bash
+	$(GO) run -ldflags "$(LDFLAGS)" ./cmd/xdplb completion zsh > bin/completion/_xdplb
+	$(GO) run -ldflags "$(LDFLAGS)" ./cmd/xdplb completion fish > bin/completion/xdplb.fish
+
 .PHONY: deps
 deps: ## install what the tests need (Debian/Ubuntu, as root)
 	@missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -46,14 +58,14 @@ lint: ## gofmt, go vet
 
 .PHONY: test
 test: root deps lint check-generate ## unit, packet, loader and end-to-end tests, then the kernel matrix (as root)
-	$(GO) test -count=1 -timeout 10m ./bpf/... ./loader/... ./control/... ./cmd/... ./tests/layers/ ./tests/cmd/... ./tests/lab/... ./tests/testnet/... ./tests/apiserver/... ./tests/agent/... ./bench/...
+	$(GO) test -count=1 -timeout 10m ./bpf/... ./loader/... ./control/... ./cmd/... ./tests/layers/ ./tests/cmd/... ./tests/lab/... ./tests/testnet/... ./tests/apiserver/... ./tests/agent/... ./bench/... ./packaging/...
 	$(GO) test -count=1 -timeout 40m -v ./tests/e2e/ 2>&1 | tee /tmp/xdplb-e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|REPORT)|e2e_|\.go:[0-9]+:' ; test $${PIPESTATUS[0]} -eq 0
 	$(MAKE) vagrant-check
 	$(MAKE) vm-test
 
 .PHONY: test-unit
 test-unit: ## tests that need no root
-	$(GO) test -count=1 ./control/... ./cmd/... ./tests/cmd/... ./tests/lab/...
+	$(GO) test -count=1 ./control/... ./cmd/... ./tests/cmd/... ./tests/lab/... ./packaging/...
 
 .PHONY: fuzz
 fuzz: root ## fuzz the data path for 60 s

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -313,4 +314,56 @@ func uncommented(s string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestCompleteBackends (issue 13 §6): backend drain|enable|weight and
+// flows --backend complete the names and addresses of the running
+// daemon's backends (a fake daemon here, on its control socket).
+func TestCompleteBackends(t *testing.T) {
+	old := daemon.RunDir
+	daemon.RunDir = t.TempDir()
+	defer func() { daemon.RunDir = old }()
+	ln, err := net.Listen("unix", daemon.SocketPath("compl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			var req daemon.Request
+			json.NewDecoder(c).Decode(&req)
+			json.NewEncoder(c).Encode(daemon.Response{OK: true, Status: &daemon.Status{Backends: []daemon.BackendStatus{
+				{Name: "server-1", Addr: "10.10.10.50:6443", State: daemon.StateUp, Weight: 1},
+				{Addr: "10.10.10.51:6443", State: daemon.StateDown, Weight: 1},
+			}}})
+			c.Close()
+		}
+	}()
+	for _, args := range [][]string{{"backend", "drain"}, {"backend", "weight"}, {"flows", "--backend"}} {
+		a := append([]string{"__complete"}, args...)
+		a = append(a, "--instance", "compl", "")
+		if args[0] == "flows" {
+			a = []string{"__complete", "flows", "--instance", "compl", "--backend", ""}
+		}
+		stdout, _, _ := runCLI(t, nil, a...)
+		for _, want := range []string{"server-1\t10.10.10.50:6443 UP, weight 1", "10.10.10.50:6443\tserver-1 UP", "10.10.10.51:6443\tunnamed DOWN"} {
+			if !strings.Contains(stdout, want) {
+				t.Errorf("completion of %v lacks %q:\n%s", args, want, stdout)
+			}
+		}
+	}
+	// The second argument of weight is a number: nothing to complete.
+	stdout, _, _ := runCLI(t, nil, "__complete", "backend", "weight", "--instance", "compl", "server-1", "")
+	if strings.Contains(stdout, "server-1") {
+		t.Errorf("completion of weight's N: %q", stdout)
+	}
+	// The bash script parses.
+	script, _, _ := runCLI(t, nil, "completion", "bash")
+	if out, err := exec.Command("bash", "-n", "-c", script).CombinedOutput(); err != nil {
+		t.Errorf("bash -n: %v %s", err, out)
+	}
 }
