@@ -135,6 +135,14 @@ func TestOperatorConventions(t *testing.T) {
 			t.Errorf("metrics lack %q", want)
 		}
 	}
+	var excerpt []string
+	for _, l := range strings.Split(string(body), "\n") {
+		if strings.Contains(l, `name="server-1"`) && !strings.HasPrefix(l, "#") || strings.HasPrefix(l, "xdplb_build_info") ||
+			strings.HasPrefix(l, "xdplb_events_total") || strings.Contains(l, `reason="to_backend"`) {
+			excerpt = append(excerpt, l)
+		}
+	}
+	t.Logf("REPORT: metrics excerpt:\n%s", strings.Join(excerpt, "\n"))
 	if out, err := in.CLI("reload"); err != nil || !strings.Contains(out, "nothing changed") {
 		t.Errorf("reload of the same file: %v %s", err, out)
 	}
