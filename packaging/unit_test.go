@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/xdplb/xdplb/control/config"
 )
 
 // unitKeys are the unit's keys with the systemd version that introduced
@@ -182,5 +184,20 @@ func TestUnitSecurity(t *testing.T) {
 	t.Logf("REPORT: systemd-analyze security xdplb.service: exposure %.1f", score)
 	if score > maxExposure {
 		t.Errorf("exposure %.1f, above %.1f:\n%s", score, maxExposure, out)
+	}
+}
+
+// TestSampleConfig: the shipped configuration is valid as it is, with no
+// deprecated key.
+func TestSampleConfig(t *testing.T) {
+	cfg, warnings, err := config.Load("xdplb.yaml")
+	if err != nil || len(warnings) > 0 {
+		t.Fatalf("xdplb.yaml: %v %v", err, warnings)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("xdplb.yaml: %v", err)
+	}
+	if len(cfg.Backends) != 3 || cfg.Backends[0].Name != "server-1" {
+		t.Errorf("backends %+v", cfg.Backends)
 	}
 }
