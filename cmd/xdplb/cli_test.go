@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -365,5 +366,60 @@ func TestCompleteBackends(t *testing.T) {
 	script, _, _ := runCLI(t, nil, "completion", "bash")
 	if out, err := exec.Command("bash", "-n", "-c", script).CombinedOutput(); err != nil {
 		t.Errorf("bash -n: %v %s", err, out)
+	}
+}
+
+// TestConfigCheckWithoutRoot (issue 13 §2): config check runs as any user;
+// a file it may not read is a clear error, exit 1.
+func TestConfigCheckWithoutRoot(t *testing.T) {
+	setpriv, err := exec.LookPath("setpriv")
+	if os.Geteuid() != 0 || err != nil {
+		t.Skip("needs root and setpriv to run xdplb as nobody")
+	}
+	dir, err := os.MkdirTemp("", "xdplb-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o755)
+	bin := filepath.Join(dir, "xdplb")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v %s", err, out)
+	}
+	good := filepath.Join(dir, "good.yaml")
+	secret := filepath.Join(dir, "secret.yaml")
+	os.WriteFile(good, []byte(validConfig), 0o644)
+	os.WriteFile(secret, []byte(validConfig), 0o600)
+	nobody := func(args ...string) (string, int) {
+		cmd := exec.Command(setpriv, append([]string{"--reuid=65534", "--regid=65534", "--clear-groups", bin}, args...)...)
+		out, err := cmd.CombinedOutput()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return string(out), code
+	}
+	if out, code := nobody("config", "check", "--config", good); code != 0 || !strings.Contains(out, "valid") {
+		t.Errorf("config check as nobody: exit %d\n%s", code, out)
+	}
+	if out, code := nobody("config", "check", "--config", secret); code != 1 || !strings.Contains(out, "permission denied") || !strings.Contains(out, secret) {
+		t.Errorf("config check of an unreadable file: exit %d\n%s", code, out)
+	}
+}
+
+// TestJournalStreamDetected: JOURNAL_STREAM naming this process's stderr
+// is the journal; another device and inode is not.
+func TestJournalStreamDetected(t *testing.T) {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(2, &st); err != nil {
+		t.Fatal(err)
+	}
+	if !journalStream(fmt.Sprintf("%d:%d", st.Dev, st.Ino)) {
+		t.Error("JOURNAL_STREAM of stderr not recognised")
+	}
+	if journalStream(fmt.Sprintf("%d:%d", st.Dev, st.Ino+1)) {
+		t.Error("another inode taken for stderr")
 	}
 }
