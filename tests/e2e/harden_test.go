@@ -200,7 +200,7 @@ func TestIdleMetricsConnections(t *testing.T) {
 	scrape.SetDeadline(time.Now().Add(5 * time.Second))
 	fmt.Fprintf(scrape, "GET /metrics HTTP/1.0\r\n\r\n")
 	body, _ := io.ReadAll(scrape)
-	if !strings.Contains(string(body), "xdplb_backend_up") {
+	if !strings.Contains(string(body), "xdplb_backend_state") {
 		t.Fatalf("metrics after the attack: %.200s", body)
 	}
 	t.Logf("REPORT: idle metrics connections: %d opened from 3 hosts (%d failed) against a daemon with 1024 fds; "+
