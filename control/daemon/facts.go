@@ -97,8 +97,9 @@ func ifaceFacts(name string) preflight.Iface {
 		ifc.Driver = l.Type()
 	}
 	ifc.Combined, ifc.MaxCombined, _ = ethChannels(name)
-	if feats, err := ethFeatures(name, "large-receive-offload", "rx-gro-hw"); err == nil {
-		ifc.LRO, ifc.GROHW = feats["large-receive-offload"], feats["rx-gro-hw"]
+	// The kernel's names (ethtool -k shows rx-lro as large-receive-offload).
+	if feats, err := ethFeatures(name, "rx-lro", "rx-gro-hw"); err == nil {
+		ifc.LRO, ifc.GROHW = feats["rx-lro"], feats["rx-gro-hw"]
 	}
 	if x := a.Xdp; x != nil && x.Attached && x.ProgId != 0 {
 		ifc.XDPProg = x.ProgId
