@@ -28,12 +28,13 @@ var layer = map[string]int{
 	"control/balancer":              2,
 	"control/balancer/balancertest": 2,
 	"control/safefile":              2,
+	"control/sync":                  2,
 	"control/daemon":                3,
 	"cmd/xdplb":                     4,
 }
 
 // decisions are the control plane's pure packages.
-var decisions = []string{"control/config", "control/health", "control/maglev", "control/balancer", "control/balancer/balancertest", "control/safefile"}
+var decisions = []string{"control/config", "control/health", "control/maglev", "control/balancer", "control/balancer/balancertest", "control/safefile", "control/sync"}
 
 // kernel are the imports that reach the kernel: BPF, netlink, raw
 // syscalls, other programs. Only bpf, loader and control/daemon may use
