@@ -42,6 +42,9 @@ func cmdRun(e env, args []string) error {
 	idle := fset.Duration("established-timeout", 0, "idle timeout of established connections")
 	maxConns := fset.Uint32("max-conns", 0, "connections the connection table holds (0: 131072); when full, new ones are refused with a RST")
 	maxPerClient := fset.Uint32("max-conns-per-client", 0, "established connections one client address may hold (0: no cap)")
+	syncPeer := fset.String("sync-peer", "", "the other LB's own address, ip[:port] (default port 6450): stream flows to it so connections survive a failover")
+	syncKey := fset.String("sync-key-file", "", "file with the pair's shared secret for flow sync (at least 32 characters, e.g. openssl rand -hex 32)")
+	allDown := fset.String("all-down", string(config.AllDownOpen), "when no backend is up: open (try every configured backend; a RST when none takes the connection) or drop")
 	verbose := fset.Bool("verbose", false, "print verifier logs whole, and debug logs")
 	noLink := fset.Bool("no-bpf-link", false, "attach through netlink/clsact even where bpf_link exists")
 	if err := parse(fset, args); err != nil {
@@ -124,6 +127,17 @@ func cmdRun(e env, args []string) error {
 		{"established-timeout", dur(&cfg.EstablishedTimeout, *idle)},
 		{"max-conns", func() error { cfg.MaxConns = *maxConns; return nil }},
 		{"max-conns-per-client", func() error { cfg.MaxConnsPerClient = *maxPerClient; return nil }},
+		{"sync-peer", func() error {
+			if *syncPeer == "" {
+				cfg.SyncPeer = netip.AddrPort{}
+				return nil
+			}
+			ap, err := config.ParseSyncPeer(*syncPeer)
+			cfg.SyncPeer = ap
+			return err
+		}},
+		{"sync-key-file", str(&cfg.SyncKeyFile, *syncKey)},
+		{"all-down", func() error { cfg.AllDown = config.AllDownPolicy(*allDown); return nil }},
 	}
 	for _, s := range steps {
 		if err := set(s.name, s.apply); err != nil {

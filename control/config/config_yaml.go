@@ -49,6 +49,9 @@ type fileConfig struct {
 	EstablishedTimeout yaml.Node `yaml:"established-timeout"`
 	MaxConns           yaml.Node `yaml:"max-conns"`
 	MaxConnsPerClient  yaml.Node `yaml:"max-conns-per-client"`
+	SyncPeer           yaml.Node `yaml:"sync-peer"`
+	SyncKeyFile        yaml.Node `yaml:"sync-key-file"`
+	AllDown            yaml.Node `yaml:"all-down"`
 }
 
 // LoadConfig reads the YAML file at path over DefaultConfig. It does not
@@ -125,6 +128,9 @@ func (f *fileConfig) apply(cfg *Config) error {
 	try(setDuration(&f.EstablishedTimeout, "established-timeout", &cfg.EstablishedTimeout))
 	try(setUint32(&f.MaxConns, "max-conns", &cfg.MaxConns))
 	try(setUint32(&f.MaxConnsPerClient, "max-conns-per-client", &cfg.MaxConnsPerClient))
+	try(setSyncPeer(&f.SyncPeer, "sync-peer", &cfg.SyncPeer))
+	try(setString(&f.SyncKeyFile, "sync-key-file", &cfg.SyncKeyFile))
+	try(setString(&f.AllDown, "all-down", (*string)(&cfg.AllDown)))
 	return errors.Join(errs...)
 }
 
@@ -223,6 +229,19 @@ func setPortRange(n *yaml.Node, key string, dst *PortRange) error {
 		return fmt.Errorf("line %d: %s: %w", n.Line, key, err)
 	}
 	*dst = r
+	return nil
+}
+
+func setSyncPeer(n *yaml.Node, key string, dst *netip.AddrPort) error {
+	s, ok, err := scalar(n, key)
+	if !ok {
+		return err
+	}
+	ap, err := ParseSyncPeer(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %s: %w", n.Line, key, err)
+	}
+	*dst = ap
 	return nil
 }
 
