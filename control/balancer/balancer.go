@@ -255,10 +255,9 @@ func (b *Balancer) syncLocked() error {
 	}
 	if failingOpen != b.failingOpen {
 		if failingOpen {
-			b.log.Warn("no backend is up: failing open: new connections go to every configured backend " +
-				"(those that refuse are skipped; a client none takes gets a RST at once)")
-		} else if anyUp {
-			b.log.Info("a backend is up again: no longer failing open")
+			b.log.Debug("no backend is up: the table holds every configured backend")
+		} else {
+			b.log.Debug("the table holds the backends that are up again")
 		}
 		b.failingOpen = failingOpen
 	}

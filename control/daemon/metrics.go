@@ -162,6 +162,11 @@ func (d *Daemon) writeMetrics(w io.Writer) {
 	fmt.Fprintf(w, "process_open_fds %d\n", st.FDs)
 	family("process_max_fds", "gauge", "The daemon's limit of open file descriptors.")
 	fmt.Fprintf(w, "process_max_fds %d\n", st.FDLimit)
+	family("xdplb_failing_open", "gauge", "1 while no backend can take new connections as far as this node sees and new connections go to every configured backend anyway (all-down: open).")
+	fmt.Fprintf(w, "xdplb_failing_open %d\n", b2i(st.FailingOpen))
+	if st.Sync != nil {
+		writeSyncMetrics(w, st.Sync)
+	}
 	attached := b2i(st.Attached)
 	family("xdplb_attached", "gauge", "1 if the program is attached.")
 	fmt.Fprintf(w, "xdplb_attached{iface=%q,hook=%q,mode=%q} %d\n", st.Iface, st.Attachment.Hook, strings.ToLower(st.Attachment.Mode), attached)
