@@ -23,13 +23,22 @@ import (
 	"github.com/xdplb/xdplb/loader"
 )
 
-// Timing of flow sync.
-const (
+// Timing of flow sync (variables: the tests shorten some).
+var (
 	// syncNoPeerWait: a starting node that reaches no peer for this long
 	// has nothing to resync (a lone node takes the VIP within a few
 	// seconds); syncMaxWait bounds a resync that does not end.
 	syncNoPeerWait = 3 * time.Second
 	syncMaxWait    = time.Minute
+	// handoffMax bounds the wait for the VIP to leave on SIGTERM (under
+	// the unit's TimeoutStopSec); handoffGrace is how long the daemon
+	// keeps syncing after it left (clients whose ARP caches still point
+	// here).
+	handoffMax   = 6 * time.Second
+	handoffGrace = time.Second
+)
+
+const (
 	// A session: the handshake, the peer's silence (it pings every
 	// second), a write.
 	syncHandshakeTimeout = 3 * time.Second
@@ -46,12 +55,6 @@ const (
 	// syncPerCPUBuffer is the perf buffer of each CPU (a report is 72
 	// bytes with its header: ~3600 reports a CPU).
 	syncPerCPUBuffer = 256 << 10
-	// handoffMax bounds the wait for the VIP to leave on SIGTERM (under
-	// the unit's TimeoutStopSec); handoffGrace is how long the daemon
-	// keeps syncing after it left (clients whose ARP caches still point
-	// here).
-	handoffMax   = 6 * time.Second
-	handoffGrace = time.Second
 )
 
 // syncEventSource is the data path's reports (loader.SyncEvents).

@@ -68,8 +68,7 @@ func Handshake(rw io.ReadWriter, key []byte, role Role) (*Conn, error) {
 	hello[0], hello[1], hello[2] = minVersion, Version, byte(role)
 	copy(hello[4:], nonce[:])
 	// Both ends write their hello first: write it beside the read, so
-	// that an unbuffered stream (net.Pipe) does not deadlock. On an error
-	// the caller closes the stream, which ends the write.
+	// that an unbuffered stream (net.Pipe) does not deadlock.
 	wrote := make(chan error, 1)
 	go func() {
 		_, err := rw.Write(frame(1, MsgHello, 0, hello, key))
@@ -77,10 +76,12 @@ func Handshake(rw io.ReadWriter, key []byte, role Role) (*Conn, error) {
 	}()
 	c := &Conn{rw: rw}
 	t, seq, payload, err := c.readFrame(key, 1)
-	if err != nil {
-		return nil, err
+	// Our hello goes out whatever we think of the peer's: the peer then
+	// sees this end's key too (and counts a wrong one).
+	if werr := <-wrote; err == nil && werr != nil {
+		err = werr
 	}
-	if err := <-wrote; err != nil {
+	if err != nil {
 		return nil, err
 	}
 	switch {
