@@ -445,7 +445,9 @@ func TestConfigValidateAccepts(t *testing.T) {
 		}},
 		{"a small table with a per-client cap", func(c *Config) { c.MaxConns, c.MaxConnsPerClient = MinMaxConns, MinMaxConns }},
 		{"the largest table", func(c *Config) { c.MaxConns = bpf.MaxConnsLimit }},
-		{"flow sync", func(c *Config) { c.SyncPeer, c.SyncKeyFile = netip.MustParseAddrPort("10.10.10.99:7000"), "/etc/xdplb/sync.key" }},
+		{"flow sync", func(c *Config) {
+			c.SyncPeer, c.SyncKeyFile = netip.MustParseAddrPort("10.10.10.99:7000"), "/etc/xdplb/sync.key"
+		}},
 		{"all down: drop", func(c *Config) { c.AllDown = AllDownDrop }},
 	}
 	for _, tt := range tests {
