@@ -113,4 +113,3 @@ func stays(t *testing.T, c *cluster, lb *testnet.Host, d time.Duration, why stri
 		}
 	}
 }
-
