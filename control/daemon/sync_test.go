@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -227,6 +228,14 @@ func TestSyncPair(t *testing.T) {
 	for r, n := range sb.Dropped {
 		if n != 0 {
 			t.Errorf("b dropped %d of the peer's (%s)", n, r)
+		}
+	}
+	var m strings.Builder
+	b.d.writeMetrics(&m)
+	for _, want := range []string{`xdplb_sync_state{state="in sync"} 1`, `xdplb_sync_gate_open 1`, `xdplb_sync_dropped_total{reason="bad_mac"} 0`,
+		`xdplb_sync_total{counter="flows_installed"}`, "xdplb_sync_last_resync_connections 2", "xdplb_failing_open 0"} {
+		if !strings.Contains(m.String(), want) {
+			t.Errorf("metrics lack %q", want)
 		}
 	}
 
