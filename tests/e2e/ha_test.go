@@ -151,13 +151,12 @@ func shorten(s string, n int) string {
 	return s
 }
 
-// waitNeighbours waits until every agent's and server's neighbour entry
-// for the VIP holds lb's MAC, and returns how long that took (a failure
+// waitNeighbours waits until the neighbour entry for the VIP of every
+// host (the agents and the servers) holds lb's MAC, and returns how long that took (a failure
 // names the hosts that still point elsewhere).
-func waitNeighbours(t *testing.T, c *cluster, lb *testnet.Host, limit time.Duration) time.Duration {
+func waitNeighbours(t *testing.T, c *cluster, lb *testnet.Host, limit time.Duration, hosts []*testnet.Host) time.Duration {
 	t.Helper()
 	start := time.Now()
-	hosts := append(append([]*testnet.Host{}, c.Agents...), c.Servers...)
 	for {
 		var wrong []string
 		for _, h := range hosts {
@@ -246,7 +245,13 @@ func runEvent(t *testing.T, c *cluster, hook string, ev haEvent) haResult {
 		took = waitVIP(t, c, ev.to, ev.limit+slack)
 	}
 	moved := start.Add(took)
-	neigh := waitNeighbours(t, c, ev.to, 15*time.Second)
+	// The servers talk to the VIP only through xdplb (full NAT from the
+	// VIP); HAProxy connects to them from the LB's own address.
+	hosts := append(append([]*testnet.Host{}, c.Agents...), c.Servers...)
+	if ev.baseline {
+		hosts = c.Agents
+	}
+	neigh := waitNeighbours(t, c, ev.to, 15*time.Second, hosts)
 	if ev.check != nil {
 		ev.check()
 	}
@@ -704,5 +709,138 @@ func syncAttacks(c *cluster) []syncAttack {
 			}, 10))
 			time.Sleep(300 * time.Millisecond)
 		}},
+	}
+}
+
+// TestAllServersDown (issue 11 §3): with the packaged keepalived.conf on
+// both LBs, every server's API process dies for 12 s. The VIP stays up
+// throughout (both nodes fail `check --backends` and keep their
+// priorities' order); new connections fail open: they are refused at
+// once with a RST rather than hanging; when the servers return,
+// connections succeed again. Measured: the VIP in every 100 ms sample, how
+// long a failing connection took to fail, how long after the servers came
+// back connections succeeded.
+func TestAllServersDown(t *testing.T) {
+	c := newHACluster(t, hookCases[0])
+	lb1, lb2 := c.LB(1), c.LB(2)
+	c.startLB(lb1)
+	c.startLB(lb2)
+	startKeepalived(t, c, lb1, true)
+	waitVIP(t, c, lb1, 20*time.Second)
+	startKeepalived(t, c, lb2, false)
+	stays(t, c, lb1, 3*time.Second, "lb-2's keepalived started")
+	settle(t, c)
+
+	type sample struct {
+		at, took time.Duration
+		err      error
+	}
+	var (
+		mu      sync.Mutex
+		samples []sample
+		noVIP   int
+		polls   int
+	)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	wg.Add(2)
+	go func() { // the VIP, every 100 ms
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			held := hasVIP(t, lb1) || hasVIP(t, lb2)
+			mu.Lock()
+			polls++
+			if !held {
+				noVIP++
+			}
+			mu.Unlock()
+		}
+	}()
+	go func() { // a new connection every 100 ms
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				at := time.Since(t0)
+				start := time.Now()
+				_, err := c.clients[i%len(c.clients)].Whoami(ctx, c.url())
+				mu.Lock()
+				samples = append(samples, sample{at, time.Since(start), err})
+				mu.Unlock()
+			}()
+		}
+	}()
+	time.Sleep(2 * time.Second)
+	down := time.Since(t0)
+	for i := 1; i <= 3; i++ {
+		c.ServerProcess(i).Kill()
+	}
+	time.Sleep(12 * time.Second)
+	up := time.Since(t0)
+	for i := 1; i <= 3; i++ {
+		c.startServer(i)
+	}
+	time.Sleep(5 * time.Second)
+	close(stop)
+	wg.Wait()
+
+	st1, st2 := c.status(lb1), c.status(lb2)
+	var failLat []time.Duration
+	timeouts, resets, okAfter, failAfter := 0, 0, 0, 0
+	var firstOK time.Duration = -1
+	for _, s := range samples {
+		switch {
+		case s.at >= down+fall*inter+time.Second && s.at < up:
+			if s.err == nil {
+				continue
+			}
+			failLat = append(failLat, s.took)
+			if agent.Classify(s.err) == agent.ClassTimeout {
+				timeouts++
+			} else {
+				resets++
+			}
+		case s.at >= up:
+			if s.err == nil {
+				okAfter++
+				if firstOK < 0 || s.at-up < firstOK {
+					firstOK = s.at - up
+				}
+			} else if s.at >= up+time.Second {
+				failAfter++
+			}
+		}
+	}
+	sort.Slice(failLat, func(i, j int) bool { return failLat[i] < failLat[j] })
+	q := func(p float64) time.Duration {
+		if len(failLat) == 0 {
+			return 0
+		}
+		return failLat[min(int(p*float64(len(failLat))), len(failLat)-1)]
+	}
+	t.Logf("REPORT: every server down for 12s: the VIP on an LB in %d of %d samples; lb-1 failing open %v, lb-2 %v; "+
+		"new connections while down: %d failed (%d refused at once or reset, %d timed out after 5s), time to fail p50 %v p90 %v max %v; "+
+		"servers back: first connection through %v later, %d ok and %d failed from 1s later",
+		polls-noVIP, polls, st1.FailingOpen, st2.FailingOpen, len(failLat), resets, timeouts,
+		q(0.5).Round(time.Millisecond), q(0.9).Round(time.Millisecond), q(1).Round(time.Millisecond), firstOK.Round(time.Millisecond), okAfter, failAfter)
+	if noVIP > 0 {
+		t.Errorf("the VIP was on no LB in %d of %d samples", noVIP, polls)
+	}
+	if failAfter > 0 {
+		t.Errorf("%d new connections failed more than 1s after the servers came back", failAfter)
 	}
 }
