@@ -789,7 +789,9 @@ func TestAllServersDown(t *testing.T) {
 	for i := 1; i <= 3; i++ {
 		c.ServerProcess(i).Kill()
 	}
-	time.Sleep(12 * time.Second)
+	time.Sleep(8 * time.Second)
+	st1, st2 := c.status(lb1), c.status(lb2) // mid-outage
+	time.Sleep(4 * time.Second)
 	up := time.Since(t0)
 	for i := 1; i <= 3; i++ {
 		c.startServer(i)
@@ -798,7 +800,6 @@ func TestAllServersDown(t *testing.T) {
 	close(stop)
 	wg.Wait()
 
-	st1, st2 := c.status(lb1), c.status(lb2)
 	var failLat []time.Duration
 	timeouts, resets, okAfter, failAfter := 0, 0, 0, 0
 	var firstOK time.Duration = -1
@@ -839,6 +840,9 @@ func TestAllServersDown(t *testing.T) {
 		q(0.5).Round(time.Millisecond), q(0.9).Round(time.Millisecond), q(1).Round(time.Millisecond), firstOK.Round(time.Millisecond), okAfter, failAfter)
 	if noVIP > 0 {
 		t.Errorf("the VIP was on no LB in %d of %d samples", noVIP, polls)
+	}
+	if !st1.FailingOpen || !st2.FailingOpen {
+		t.Errorf("with every server down: lb-1 failing open %v, lb-2 %v", st1.FailingOpen, st2.FailingOpen)
 	}
 	if failAfter > 0 {
 		t.Errorf("%d new connections failed more than 1s after the servers came back", failAfter)
