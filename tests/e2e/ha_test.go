@@ -388,6 +388,9 @@ func runHA(t *testing.T, h hookCase, badPeers bool) []haResult {
 				st := c.status(lb1)
 				if st.Sync == nil || st.Sync.LastResync == nil || !st.Sync.LastResync.FullTable {
 					t.Errorf("lb-1 took the VIP back without a full resync from lb-2: %+v", st.Sync)
+				} else if tk := st.Sync.LastTakeover; tk != nil {
+					t.Logf("REPORT: HA %s: lb-1's resync carried %d connections in %.1fms; %d established connections were ready at its takeover",
+						h.name, st.Sync.LastResync.Connections, st.Sync.LastResync.DurationMS, tk.ConnectionsReady)
 				}
 			}},
 		{name: "lb-1's eth1 down", to: lb2, limit: 15 * time.Second, act: func() { lbExec(t, lb1, "ip", "link", "set", "eth1", "down") }},
@@ -454,9 +457,69 @@ func runHA(t *testing.T, h hookCase, badPeers bool) []haResult {
 	}
 	churn(t, c, h.name)
 	if badPeers {
+		resyncAtScale(t, c)
 		badPeersTest(t, c)
 	}
 	return results
+}
+
+// resyncAtScale: 6000 connections through lb-1, then lb-2's daemon
+// restarted: how long its resync from lb-1 takes, and its size. (The mock
+// servers close a connection that does not start TLS within 10 s: it is
+// all done within that.)
+func resyncAtScale(t *testing.T, c *cluster) {
+	t.Helper()
+	lb2 := c.LB(2)
+	in2 := c.lbs[lb2]
+	const perAgent, workers = 2000, 16
+	var mu sync.Mutex
+	var conns []net.Conn
+	var wg sync.WaitGroup
+	start := time.Now()
+	for _, a := range c.Agents {
+		for w := range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := w; i < perAgent; i += workers {
+					ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+					conn, err := a.DialContext(ctx, "tcp4", c.front.String()+":6443")
+					cancel()
+					if err == nil {
+						mu.Lock()
+						conns = append(conns, conn)
+						mu.Unlock()
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	defer func() {
+		for _, conn := range conns {
+			conn.Close()
+		}
+	}()
+	opened := time.Since(start)
+	time.Sleep(300 * time.Millisecond)
+	if err := in2.Stop(10 * time.Second); err != nil {
+		t.Fatalf("stop lb-2: %v", err)
+	}
+	restart := time.Now()
+	if err := in2.Start(); err != nil {
+		t.Fatalf("start lb-2: %v", err)
+	}
+	ready := time.Since(restart)
+	st := c.status(lb2).Sync
+	if st == nil || st.LastResync == nil {
+		t.Fatalf("lb-2 has no resync after its restart: %+v", st)
+	}
+	t.Logf("REPORT: HA resync at scale: %d connections opened through lb-1 in %v; lb-2's daemon restarted: its check passed %v after its start, "+
+		"its resync carried %d connections in %.0fms (whole table: %v)",
+		len(conns), opened.Round(time.Millisecond), ready.Round(time.Millisecond), st.LastResync.Connections, st.LastResync.DurationMS, st.LastResync.FullTable)
+	if st.LastResync.Connections < uint64(len(conns)) {
+		t.Errorf("lb-2's resync carried %d connections, fewer than the %d open", st.LastResync.Connections, len(conns))
+	}
 }
 
 // procCPU is a process's user + system CPU time.
