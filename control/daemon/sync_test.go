@@ -430,3 +430,28 @@ func (r *recorder) Write(b []byte) (int, error) {
 	r.mu.Unlock()
 	return r.Conn.Write(b)
 }
+
+// TestReadSyncKey: the key is the file's content without surrounding
+// white space, at least 32 characters, from a regular file.
+func TestReadSyncKey(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := dir + "/" + name
+		os.WriteFile(p, []byte(content), 0o600)
+		return p
+	}
+	key, err := readSyncKey(write("good", "  "+strings.Repeat("ab", 32)+"\n"), quiet)
+	if err != nil || string(key) != strings.Repeat("ab", 32) {
+		t.Fatalf("good key: %q %v", key, err)
+	}
+	if _, err := readSyncKey(write("short", "0123456789abcdef0123456789abcde\n"), quiet); err == nil ||
+		!strings.Contains(err.Error(), "the key is 31 characters; want at least 32") {
+		t.Fatalf("short key: %v", err)
+	}
+	if _, err := readSyncKey(dir+"/none", quiet); err == nil || !strings.Contains(err.Error(), "sync-key-file") {
+		t.Fatalf("missing key: %v", err)
+	}
+	if _, err := readSyncKey(dir, quiet); err == nil {
+		t.Fatal("a directory as the key file")
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -909,5 +910,46 @@ func TestAllServersDown(t *testing.T) {
 	}
 	if failAfter > 0 {
 		t.Errorf("%d new connections failed more than 1s after the servers came back", failAfter)
+	}
+}
+
+// TestSyncSettingsRefused (issue 11 §1): flow sync without a usable key,
+// with the VIP or this node as the peer, or with the node's own address as
+// the frontend, refuses to start, says why, and leaves nothing attached.
+func TestSyncSettingsRefused(t *testing.T) {
+	c := newCluster(t, clusterOpts{hook: hookCases[0]})
+	lb := c.lb1()
+	in := c.lbs[lb]
+	dir := t.TempDir()
+	short := filepath.Join(dir, "short.key")
+	os.WriteFile(short, []byte("0123456789abcdef\n"), 0o600)
+	good := filepath.Join(dir, "good.key")
+	os.WriteFile(good, []byte(strings.Repeat("ab", 32)), 0o600)
+	fifo := filepath.Join(dir, "fifo.key")
+	if err := exec.Command("mkfifo", fifo).Run(); err != nil {
+		t.Fatal(err)
+	}
+	base := in.RunArgs()
+	plus := func(args ...string) []string { return append(slices.Clone(base), args...) }
+	for _, tc := range []struct {
+		name string
+		args []string
+		msg  string
+	}{
+		{"no key", plus("--sync-peer", "10.10.10.99"), "sync-peer: needs sync-key-file"},
+		{"a key without a peer", plus("--sync-key-file", good), "sync-key-file: used only with sync-peer"},
+		{"a short key", plus("--sync-peer", "10.10.10.99", "--sync-key-file", short), "the key is 16 characters; want at least 32"},
+		{"a missing key", plus("--sync-peer", "10.10.10.99", "--sync-key-file", filepath.Join(dir, "none")), "sync-key-file"},
+		{"a key that is a FIFO", plus("--sync-peer", "10.10.10.99", "--sync-key-file", fifo), "not a regular file (a FIFO)"},
+		{"the VIP as the peer", plus("--sync-peer", testnet.VIP, "--sync-key-file", good), "is the vip"},
+		{"this node as the peer", plus("--sync-peer", lb.IP().String(), "--sync-key-file", good), "is this node's own address"},
+		{"the node's own address as the frontend",
+			append(with(base, "--vip", lb.IP().String()), "--sync-peer", "10.10.10.99", "--sync-key-file", good),
+			"flow sync moves connections with a floating VIP"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			runExpectingError(t, c, lb, tc.args, tc.msg)
+			clean(t, c, lb, tc.name)
+		})
 	}
 }
