@@ -148,6 +148,8 @@ func TestConfigCheck(t *testing.T) {
 
 	bad := filepath.Join(dir, "bad.yaml")
 	os.WriteFile(bad, []byte("iface: eth1\nvip: 10.10.10.100\nbakends: [10.10.10.50]\ninter: 5\n"), 0o600)
+	shortKey := filepath.Join(dir, "short.key")
+	os.WriteFile(shortKey, []byte("short\n"), 0o600)
 	fifo := filepath.Join(dir, "fifo.yaml")
 	if err := mkfifo(fifo); err != nil {
 		t.Fatal(err)
@@ -164,6 +166,8 @@ func TestConfigCheck(t *testing.T) {
 		{[]string{"--config", good, "--check", "https", "--check-ca", filepath.Join(dir, "nope.crt")}, "nope.crt"},
 		{[]string{"--config", good, "--backend", "server-1=10.10.10.50", "--backend", "server-1=10.10.10.51"}, `name "server-1" given twice`},
 		{[]string{"--config", good, "--max-conns", "4"}, "max-conns 4"},
+		{[]string{"--config", good, "--sync-peer", "10.10.10.99", "--sync-key-file", shortKey}, "the key is 5 characters; want at least"},
+		{[]string{"--config", good, "--sync-peer", "10.10.10.99"}, "sync-peer: needs sync-key-file"},
 	}
 	for _, c := range cases {
 		_, stderr, code := runCLI(t, nil, append([]string{"config", "check"}, c.args...)...)

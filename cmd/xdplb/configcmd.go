@@ -9,8 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/xdplb/xdplb/control/config"
-	"github.com/xdplb/xdplb/control/health"
-	"github.com/xdplb/xdplb/control/safefile"
+	"github.com/xdplb/xdplb/control/daemon"
 )
 
 func configCmd(e env) *cobra.Command {
@@ -67,7 +66,7 @@ func configCheckCmd(e env) *cobra.Command {
 		cfg, warnings, err := src.loadValid()
 		rep.Warnings = append(rep.Warnings, warnings...)
 		if err == nil {
-			w, ferr := checkFiles(&cfg, os.Geteuid() == 0)
+			w, ferr := daemon.CheckFiles(cfg, os.Geteuid() == 0)
 			rep.Warnings = append(rep.Warnings, w...)
 			err = ferr
 		}
@@ -107,28 +106,6 @@ func configCheckCmd(e env) *cobra.Command {
 		return nil
 	}
 	return cmd
-}
-
-// checkFiles reads the files the health checks use, as the daemon does at
-// start: the CA, certificate and key (parsed), the token. As another user
-// than root a file it may not read is a warning: the daemon runs as root.
-func checkFiles(cfg *config.Config, root bool) (warnings []string, err error) {
-	denied := func(err error) bool { return !root && errors.Is(err, fs.ErrPermission) }
-	if cfg.CheckTokenFile != "" {
-		if _, err := safefile.Read(cfg.CheckTokenFile, safefile.MaxSize, safefile.Timeout); err != nil {
-			if !denied(err) {
-				return warnings, err
-			}
-			warnings = append(warnings, "check-token-file: not readable by this user; the daemon (root) reads it: "+err.Error())
-		}
-	}
-	if _, err := health.NewChecker(cfg.Check, cfg.CheckOptions(cfg.CheckSource)); err != nil {
-		if !denied(err) {
-			return warnings, err
-		}
-		warnings = append(warnings, "check files: not all readable by this user; run config check as root to check them: "+err.Error())
-	}
-	return warnings, nil
 }
 
 func splitLines(s string) []string {

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net/netip"
+	"sort"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -73,6 +74,12 @@ func printStatus(e env, st *daemon.Status) {
 	}
 	if st.LocalFaults > 0 {
 		printf(e.stdout, "  %d health checks not counted (this node's own faults)\n", st.LocalFaults)
+	}
+	if st.FailingOpen {
+		printf(e.stdout, "  FAILING OPEN: no backend can take new connections as far as this node sees; new connections go to every configured backend (all-down: %s)\n", st.AllDown)
+	}
+	if sy := st.Sync; sy != nil {
+		printSync(e, sy)
 	}
 	printf(e.stdout, "daemon: %d of %d file descriptors\n\n", st.FDs, st.FDLimit)
 	tw := tabwriter.NewWriter(e.stdout, 0, 2, 2, ' ', 0)
@@ -387,4 +394,40 @@ func versionCmd(e env) *cobra.Command {
 		return nil
 	}
 	return cmd
+}
+
+// printSync prints flow sync's part of the status.
+func printSync(e env, sy *daemon.SyncStatus) {
+	vip := "does not hold the VIP"
+	if sy.HoldsVIP {
+		vip = "holds the VIP"
+	}
+	gate := "check may pass"
+	if !sy.GateOpen {
+		gate = "CHECK FAILS: " + sy.GateWhy
+	}
+	printf(e.stdout, "sync with %s: %s since %s; this node %s; %s\n", sy.Peer, sy.State, sy.StateSince.Format(time.TimeOnly), vip, gate)
+	c := sy.Counters
+	printf(e.stdout, "  lag %.1fms (%d waiting; sent p50 %.1fms p99 %.1fms); flows sent %d, received %d, installed %d, removed %d; events lost %d\n",
+		sy.LagMS, sy.Pending, sy.LagP50MS, sy.LagP99MS, c["flows_sent"], c["flows_received"], c["flows_installed"], c["flows_removed"], c["events_lost"])
+	var drops []string
+	for r, n := range sy.Dropped {
+		if n > 0 {
+			drops = append(drops, fmt.Sprintf("%s=%d", r, n))
+		}
+	}
+	sort.Strings(drops)
+	if len(drops) > 0 {
+		printf(e.stdout, "  refused from the peer: %s\n", strings.Join(drops, " "))
+	}
+	if r := sy.LastResync; r != nil {
+		printf(e.stdout, "  last resync at %s: %d connections in %.0fms (whole table: %v, %d stale removed)\n",
+			r.At.Format(time.TimeOnly), r.Connections, r.DurationMS, r.FullTable, r.StaleRemoved)
+	}
+	if t := sy.LastTakeover; t != nil {
+		printf(e.stdout, "  last takeover at %s: %d connections ready (sync %s); %d takeovers\n", t.At.Format(time.TimeOnly), t.ConnectionsReady, t.SyncState, sy.Takeovers)
+	}
+	if sy.LastError != "" && sy.State == "disconnected" {
+		printf(e.stdout, "  last error: %s\n", sy.LastError)
+	}
 }

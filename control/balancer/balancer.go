@@ -109,9 +109,14 @@ type Balancer struct {
 	log      *slog.Logger
 	nudger   Nudger
 	now      func() uint64 // CLOCK_MONOTONIC ns, the data path's clock
+	failOpen bool
+	forgot   func(why Forgotten, k bpf.FlowKey, f bpf.Flow)
 
 	mu       sync.Mutex
 	backends map[netip.AddrPort]*Backend
+	// failingOpen: no backend takes new connections, and the table holds
+	// every configured one (Options.FailOpen).
+	failingOpen bool
 	// refusing is what the balancer last wrote to lb_control.refuse_new;
 	// refuseKnown is false until the first write (a previous daemon may
 	// have left either value).
@@ -126,7 +131,30 @@ type Options struct {
 	Logger   *slog.Logger
 	Nudger   Nudger
 	Now      func() uint64
+	// FailOpen: while no backend is up, the table holds every configured
+	// backend that is not drained (the data path skips those that refuse
+	// and resets the client when none takes it), and their connections
+	// are not removed as orphans. Otherwise the table is empty then.
+	FailOpen bool
+	// Forgot, if set, is told of every established connection the
+	// balancer removes (by its client entry), and why: flow sync tells
+	// the peer.
+	Forgot func(why Forgotten, k bpf.FlowKey, f bpf.Flow)
 }
+
+// Forgotten says why the balancer removed a connection.
+type Forgotten string
+
+const (
+	// ForgotExpired: idle past its state's timeout.
+	ForgotExpired Forgotten = "expired"
+	// ForgotOrphaned: its backend is down or gone.
+	ForgotOrphaned Forgotten = "orphaned"
+	// ForgotReclaimed: ended, removed early from a crowded table.
+	ForgotReclaimed Forgotten = "reclaimed"
+	// ForgotPurged: its backend went down.
+	ForgotPurged Forgotten = "purged"
+)
 
 // New reads the data path's backend entries (left by a previous
 // daemon, if any) so a backend keeps its index and its health and drain
@@ -136,7 +164,7 @@ func New(dp Datapath, o Options) (*Balancer, error) {
 		o.Logger = slog.Default()
 	}
 	b := &Balancer{dp: dp, frontend: o.Frontend, timeouts: o.Timeouts, log: o.Logger, nudger: o.Nudger, now: o.Now,
-		backends: map[netip.AddrPort]*Backend{}}
+		failOpen: o.FailOpen, forgot: o.Forgot, backends: map[netip.AddrPort]*Backend{}}
 	existing, err := dp.Backends()
 	if err != nil {
 		return nil, fmt.Errorf("read backends map: %w", err)
@@ -228,15 +256,29 @@ func (b *Balancer) Sync() error {
 
 func (b *Balancer) syncLocked() error {
 	var mb []maglev.Backend
+	anyUp, anyDown := false, false
 	for _, st := range b.backends {
 		if err := b.dp.PutBackend(st.ID, b.entry(st)); err != nil {
 			return fmt.Errorf("write backend %s: %w", st.Addr, err)
 		}
+		anyUp = anyUp || st.TakesNew()
+		anyDown = anyDown || !st.Up && !st.Drained && !st.Retired && st.Weight > 0
+	}
+	failingOpen := !anyUp && anyDown && b.failOpen
+	for _, st := range b.backends {
 		w := st.Weight
-		if !st.Up || st.Drained || st.Retired {
+		if st.Drained || st.Retired || !st.Up && !failingOpen {
 			w = 0
 		}
 		mb = append(mb, maglev.Backend{ID: st.ID, Key: st.Addr.String(), Weight: w})
+	}
+	if failingOpen != b.failingOpen {
+		if failingOpen {
+			b.log.Debug("no backend is up: the table holds every configured backend")
+		} else {
+			b.log.Debug("the table holds the backends that are up again")
+		}
+		b.failingOpen = failingOpen
 	}
 	table := maglev.Build(mb, bpf.MaglevSize)
 	active, err := b.dp.ActiveMaglev()
@@ -266,6 +308,14 @@ func (b *Balancer) entry(st *Backend) bpf.Backend {
 		be.Mac, be.Smac, be.Ifindex = st.NextHop.MAC, st.NextHop.SrcMAC, st.NextHop.Ifindex
 	}
 	return be
+}
+
+// FailingOpen says whether no backend is up and the table holds every
+// configured backend instead (Options.FailOpen).
+func (b *Balancer) FailingOpen() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.failingOpen
 }
 
 // SetHealth records a health transition. A backend going down leaves the
@@ -420,14 +470,17 @@ type GCResult struct {
 func (b *Balancer) GC() (GCResult, error) {
 	res := GCResult{Connections: map[uint32]int{}, HalfOpen: map[uint32]int{}, Entries: map[bpf.FlowTable]int{}}
 	live := map[uint32]bool{}
+	failingOpen := b.FailingOpen()
 	for _, st := range b.Backends() {
-		if st.Up || st.FlowsKept {
+		// Failing open, every backend of the table takes connections.
+		if st.Up || st.FlowsKept || failingOpen && !st.Drained && !st.Retired && st.Weight > 0 {
 			live[st.ID] = true
 		}
 	}
 	now := b.now()
 	dead := map[bpf.FlowTable][]bpf.FlowKey{}
 	var orphans, over []bpf.FlowKey
+	var forgotten, reclaimable []forgot
 	clients := map[netip.Addr]uint32{}
 	refs := map[uint32]int{} // entries kept, per backend
 	entries := 0
@@ -439,21 +492,29 @@ func (b *Balancer) GC() (GCResult, error) {
 		if now > f.LastSeenNs {
 			idle = time.Duration(now - f.LastSeenNs)
 		}
+		conn := f.Dir == uint8(bpf.FlowToBackend) && t == bpf.TableEstablished
 		switch {
 		case idle > b.timeouts.Timeout(bpf.FlowState(f.State)):
 			dead[t] = append(dead[t], k)
 			res.Expired++
+			if conn {
+				forgotten = append(forgotten, forgot{ForgotExpired, k, f})
+			}
 		case !live[f.Backend]:
 			dead[t] = append(dead[t], k)
 			res.Orphaned++
-			if f.Dir == uint8(bpf.FlowToBackend) && t == bpf.TableEstablished {
+			if conn {
 				orphans = append(orphans, k)
+				forgotten = append(forgotten, forgot{ForgotOrphaned, k, f})
 			}
 		default:
 			res.Entries[t]++
 			refs[f.Backend]++
 			if t == bpf.TableEstablished && ended(f, idle) {
 				over = append(over, k)
+				if conn {
+					reclaimable = append(reclaimable, forgot{ForgotReclaimed, k, f})
+				}
 			}
 			if f.Dir == uint8(bpf.FlowToBackend) {
 				switch {
@@ -476,6 +537,7 @@ func (b *Balancer) GC() (GCResult, error) {
 		dead[bpf.TableEstablished] = append(dead[bpf.TableEstablished], over...)
 		res.Entries[bpf.TableEstablished] -= len(over)
 		res.Pressure.Reclaimed = len(over) / 2
+		forgotten = append(forgotten, reclaimable...)
 		// A reclaimed entry still counted as a reference: its backend
 		// is freed at the next pass.
 	}
@@ -485,6 +547,7 @@ func (b *Balancer) GC() (GCResult, error) {
 			errs = append(errs, err)
 		}
 	}
+	b.tellForgotten(forgotten)
 	b.nudge(orphans)
 	if b.timeouts.MaxConnsPerClient > 0 {
 		if err := b.dp.SetClientConns(clients); err != nil {
@@ -543,6 +606,7 @@ func (b *Balancer) setRefusing(refuse bool) (bool, error) {
 func (b *Balancer) purge(sel func(bpf.Flow) bool) (int, error) {
 	keys := map[bpf.FlowTable][]bpf.FlowKey{}
 	var clients []bpf.FlowKey
+	var forgotten []forgot
 	err := b.dp.ForEachFlow(func(t bpf.FlowTable, k bpf.FlowKey, f bpf.Flow) {
 		if !sel(f) {
 			return
@@ -550,6 +614,7 @@ func (b *Balancer) purge(sel func(bpf.Flow) bool) (int, error) {
 		keys[t] = append(keys[t], k)
 		if f.Dir == uint8(bpf.FlowToBackend) && t == bpf.TableEstablished {
 			clients = append(clients, k)
+			forgotten = append(forgotten, forgot{ForgotPurged, k, f})
 		}
 	})
 	if err != nil {
@@ -561,8 +626,25 @@ func (b *Balancer) purge(sel func(bpf.Flow) bool) (int, error) {
 			errs = append(errs, err)
 		}
 	}
+	b.tellForgotten(forgotten)
 	b.nudge(clients)
 	return len(clients), errors.Join(errs...)
+}
+
+// forgot is a connection the balancer removed, for Options.Forgot.
+type forgot struct {
+	why Forgotten
+	k   bpf.FlowKey
+	f   bpf.Flow
+}
+
+func (b *Balancer) tellForgotten(fs []forgot) {
+	if b.forgot == nil {
+		return
+	}
+	for _, x := range fs {
+		b.forgot(x.why, x.k, x.f)
+	}
 }
 
 func (b *Balancer) nudge(clientKeys []bpf.FlowKey) {

@@ -232,3 +232,95 @@ func refused(dp *balancertest.Datapath, id uint32) uint64 {
 	ts, _ := dp.Refused(id)
 	return ts
 }
+
+// TestBalancerFailsOpen (issue 11 §3): when no backend is up the table
+// holds every configured backend that is not drained, their connections
+// are kept by the GC, and the balancer says it fails open; one backend up
+// again ends it. With the drop policy the table is empty instead.
+func TestBalancerFailsOpen(t *testing.T) {
+	for _, open := range []bool{true, false} {
+		dp := balancertest.New()
+		now := uint64(100e9)
+		b, err := New(dp, Options{
+			Frontend: netip.MustParseAddrPort("10.10.10.100:6443"),
+			Backends: []config.BackendSpec{{Addr: s1, Weight: 1}, {Addr: s2, Weight: 1}, {Addr: s3, Weight: 1}},
+			Timeouts: bpf.Config{IdleTimeout: time.Hour}, Now: func() uint64 { return now }, Logger: quietLogger,
+			FailOpen: open,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Sync()
+		b.SetDrained(s3, true)
+		st1, _ := b.Lookup(s1)
+		st2, _ := b.Lookup(s2)
+		st3, _ := b.Lookup(s3)
+		b.SetHealth(s1, false, false)
+		if b.FailingOpen() {
+			t.Fatal("failing open while s2 is up")
+		}
+		b.SetHealth(s2, false, false)
+		live := share(dp.Live())
+		if !open {
+			if b.FailingOpen() || live[st1.ID] != 0 || live[st2.ID] != 0 || live[st3.ID] != 0 {
+				t.Fatalf("drop policy: failing open %v, table %v", b.FailingOpen(), live)
+			}
+			continue
+		}
+		if !b.FailingOpen() || live[st1.ID] == 0 || live[st2.ID] == 0 || live[st3.ID] != 0 {
+			t.Fatalf("open policy: failing open %v, table %v (s3 drained)", b.FailingOpen(), live)
+		}
+		// A connection the fail-open table made survives the GC.
+		c := dp.AddConn(netip.MustParseAddrPort("10.10.10.101:40000"), s1, st1.ID, 30000, now, bpf.FlowEstablished)
+		if res, _ := b.GC(); res.Orphaned != 0 {
+			t.Fatalf("GC removed %d entries while failing open", res.Orphaned)
+		}
+		if _, ok := dp.Flows(bpf.TableEstablished)[c]; !ok {
+			t.Fatal("connection gone")
+		}
+		b.SetHealth(s2, true, false)
+		if b.FailingOpen() || share(dp.Live())[st1.ID] != 0 {
+			t.Fatalf("s2 back: failing open %v, table %v", b.FailingOpen(), share(dp.Live()))
+		}
+		// Every backend drained: nothing to fail open to.
+		b.SetHealth(s2, false, false)
+		b.SetDrained(s1, true)
+		b.SetDrained(s2, true)
+		if b.FailingOpen() {
+			t.Fatal("failing open with every backend drained")
+		}
+	}
+}
+
+// TestBalancerTellsForgotten: the connections the balancer removes are
+// reported with why (flow sync tells the peer).
+func TestBalancerTellsForgotten(t *testing.T) {
+	dp := balancertest.New()
+	now := uint64(10000e9)
+	got := map[Forgotten]int{}
+	b, err := New(dp, Options{
+		Frontend: netip.MustParseAddrPort("10.10.10.100:6443"),
+		Backends: []config.BackendSpec{{Addr: s1, Weight: 1}, {Addr: s2, Weight: 1}},
+		Timeouts: bpf.Config{IdleTimeout: time.Hour}, Now: func() uint64 { return now }, Logger: quietLogger,
+		Forgot: func(why Forgotten, k bpf.FlowKey, f bpf.Flow) {
+			if f.Dir != uint8(bpf.FlowToBackend) {
+				t.Errorf("told of a reply entry")
+			}
+			got[why]++
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Sync()
+	st1, _ := b.Lookup(s1)
+	st2, _ := b.Lookup(s2)
+	dp.AddConn(netip.MustParseAddrPort("10.10.10.101:40000"), s1, st1.ID, 30000, now-2*uint64(time.Hour), bpf.FlowEstablished)
+	dp.AddConn(netip.MustParseAddrPort("10.10.10.101:40001"), s2, st2.ID, 30001, now, bpf.FlowEstablished)
+	dp.AddConn(netip.MustParseAddrPort("10.10.10.101:40002"), s1, st1.ID, 30002, now, bpf.FlowEstablished)
+	b.GC()
+	b.SetHealth(s2, false, false)
+	if got[ForgotExpired] != 1 || got[ForgotPurged] != 1 || len(got) != 2 {
+		t.Fatalf("told %v", got)
+	}
+}

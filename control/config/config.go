@@ -14,6 +14,7 @@ import (
 
 	"github.com/xdplb/xdplb/bpf"
 	"github.com/xdplb/xdplb/control/health"
+	flowsync "github.com/xdplb/xdplb/control/sync"
 )
 
 // Defaults of the configuration.
@@ -94,6 +95,55 @@ type Config struct {
 	LogFormat string
 	// Verbose logs at debug level, and prints whole verifier logs.
 	Verbose bool
+
+	// SyncPeer is the other LB of the pair, its own address on the
+	// interface (never the VIP), for flow sync; port 0 means
+	// flowsync.DefaultPort. Unset: no flow sync.
+	SyncPeer netip.AddrPort
+	// SyncKeyFile holds the pair's shared secret (at least
+	// flowsync.MinKeyLen characters), read at start.
+	SyncKeyFile string
+	// AllDown is what new connections get while this node sees no backend
+	// up: AllDownOpen (every configured backend, the client reset at once
+	// if none takes it) or AllDownDrop.
+	AllDown AllDownPolicy
+}
+
+// AllDownPolicy is what the data path does when no backend is up.
+type AllDownPolicy string
+
+const (
+	// AllDownOpen: fail open: new connections go to every configured
+	// backend (those that refuse are skipped); when none can take one,
+	// the client gets a RST at once.
+	AllDownOpen AllDownPolicy = "open"
+	// AllDownDrop: new connections are dropped (clients retransmit their
+	// SYN until a backend is up again).
+	AllDownDrop AllDownPolicy = "drop"
+)
+
+// SyncPeerAddr is SyncPeer with its port resolved.
+func (c *Config) SyncPeerAddr() netip.AddrPort {
+	if c.SyncPeer.IsValid() && c.SyncPeer.Port() == 0 {
+		return netip.AddrPortFrom(c.SyncPeer.Addr(), flowsync.DefaultPort)
+	}
+	return c.SyncPeer
+}
+
+// ParseSyncPeer parses "ip" or "ip:port" (IPv6: "[ip]:port").
+func ParseSyncPeer(s string) (netip.AddrPort, error) {
+	s = strings.TrimSpace(s)
+	if a, err := netip.ParseAddr(s); err == nil {
+		return netip.AddrPortFrom(a.Unmap(), 0), nil
+	}
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%q: want the peer LB's address, ip or ip:port (default port %d)", s, flowsync.DefaultPort)
+	}
+	if ap.Port() == 0 {
+		return netip.AddrPort{}, fmt.Errorf("%q: port 0: give 1-65535 or leave it out for %d", s, flowsync.DefaultPort)
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 }
 
 // The ranges a setting must fall in: anything outside is a mistake (an
@@ -289,6 +339,7 @@ func defaultConfig(getenv func(string) string) Config {
 		GCInterval:         DefaultGCInterval,
 		EstablishedTimeout: DefaultEstablishedTimeout,
 		LogFormat:          LogText,
+		AllDown:            AllDownOpen,
 	}
 }
 
@@ -386,7 +437,34 @@ func (c *Config) Validate() error {
 	if s, _ := Lookup("log-format"); s.checkChoice(c.LogFormat) != nil {
 		errs = append(errs, s.checkChoice(c.LogFormat))
 	}
+	errs = append(errs, c.validateSync()...)
+	switch c.AllDown {
+	case AllDownOpen, AllDownDrop:
+	default:
+		add("all-down %q: want open (new connections try every configured backend; a RST when none takes them) or drop", c.AllDown)
+	}
 	return errors.Join(errs...)
+}
+
+// validateSync checks the flow sync settings; the key file itself is read
+// by the daemon at start, before it touches the kernel.
+func (c *Config) validateSync() []error {
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	switch {
+	case c.SyncPeer.IsValid():
+		if err := checkUnicastIPv4(c.SyncPeer.Addr()); err != nil {
+			add("sync-peer %s: %w", c.SyncPeer.Addr(), err)
+		} else if c.SyncPeer.Addr().Unmap() == c.VIP.Unmap() {
+			add("sync-peer %s: is the vip: give the other LB's own address on %s (e.g. 10.10.10.99)", c.SyncPeer.Addr(), c.Iface)
+		}
+		if c.SyncKeyFile == "" {
+			add("sync-peer: needs sync-key-file, a file holding the pair's shared secret of at least %d characters (e.g. `openssl rand -hex 32`), the same on both LBs", flowsync.MinKeyLen)
+		}
+	case c.SyncKeyFile != "":
+		add("sync-key-file: used only with sync-peer (the other LB's address): set both or neither")
+	}
+	return errs
 }
 
 func (c *Config) validateBackends() []error {

@@ -62,6 +62,7 @@ func TestParseConfigDefaults(t *testing.T) {
 		GCInterval:         10 * time.Second,
 		EstablishedTimeout: time.Hour,
 		LogFormat:          LogText,
+		AllDown:            AllDownOpen,
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("ParseConfig() =\n%+v\nwant\n%+v", cfg, want)
@@ -113,6 +114,9 @@ gc-interval: 5s
 established-timeout: 2h
 max-conns: 50000
 max-conns-per-client: 2000
+sync-peer: 10.10.10.99
+sync-key-file: /etc/xdplb/sync.key
+all-down: drop
 `)
 	want := Config{
 		Instance: "lb-a", Iface: "eth1", VIP: netip.MustParseAddr("10.10.10.98"), Port: 443,
@@ -128,12 +132,16 @@ max-conns-per-client: 2000
 		Rise: 3, Fall: 2, Hook: bpf.HookTC, XDPMode: bpf.XDPAuto, SNATPorts: PortRange{61000, 65535},
 		MetricsAddr: ":9716", BPFFS: "/run/bpf", GCInterval: 5 * time.Second, EstablishedTimeout: 2 * time.Hour,
 		MaxConns: 50000, MaxConnsPerClient: 2000, LogFormat: LogText,
+		SyncPeer: netip.MustParseAddrPort("10.10.10.99:0"), SyncKeyFile: "/etc/xdplb/sync.key", AllDown: AllDownDrop,
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("ParseConfig() =\n%+v\nwant\n%+v", cfg, want)
 	}
 	if err := cfg.Validate(); err != nil {
 		t.Errorf("Validate() = %v", err)
+	}
+	if got := cfg.SyncPeerAddr().String(); got != "10.10.10.99:6450" {
+		t.Errorf("sync-peer without a port resolves to %s, want the default port 6450", got)
 	}
 	if got := cfg.ResolvedBackends()[0].Addr.String(); got != "10.10.10.50:443" {
 		t.Errorf("backend without a port resolves to %s, want the frontend port 443", got)
@@ -388,6 +396,14 @@ func TestConfigValidate(t *testing.T) {
 		{"metrics host name", func(c *Config) { c.MetricsAddr = "localhost:9716" }, `metrics-addr "localhost:9716": "localhost" is not an IP address`},
 		{"metrics port 0", func(c *Config) { c.MetricsAddr = "127.0.0.1:0" }, `port "0": want 1-65535`},
 		{"relative bpffs", func(c *Config) { c.BPFFS = "sys/fs/bpf" }, `bpffs "sys/fs/bpf": want an absolute path`},
+		{"sync peer without a key", func(c *Config) { c.SyncPeer = netip.MustParseAddrPort("10.10.10.99:0") },
+			"sync-peer: needs sync-key-file, a file holding the pair's shared secret of at least 32 characters"},
+		{"sync key without a peer", func(c *Config) { c.SyncKeyFile = "/etc/xdplb/sync.key" }, "sync-key-file: used only with sync-peer"},
+		{"sync peer is the vip", func(c *Config) {
+			c.SyncPeer, c.SyncKeyFile = netip.MustParseAddrPort("10.10.10.100:0"), "/k"
+		}, "sync-peer 10.10.10.100: is the vip: give the other LB's own address"},
+		{"sync peer loopback", func(c *Config) { c.SyncPeer, c.SyncKeyFile = netip.MustParseAddrPort("127.0.0.1:6450"), "/k" }, "sync-peer 127.0.0.1: loopback address"},
+		{"bad all-down", func(c *Config) { c.AllDown = "reject" }, `all-down "reject": want open`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -430,6 +446,10 @@ func TestConfigValidateAccepts(t *testing.T) {
 		}},
 		{"a small table with a per-client cap", func(c *Config) { c.MaxConns, c.MaxConnsPerClient = MinMaxConns, MinMaxConns }},
 		{"the largest table", func(c *Config) { c.MaxConns = bpf.MaxConnsLimit }},
+		{"flow sync", func(c *Config) {
+			c.SyncPeer, c.SyncKeyFile = netip.MustParseAddrPort("10.10.10.99:7000"), "/etc/xdplb/sync.key"
+		}},
+		{"all down: drop", func(c *Config) { c.AllDown = AllDownDrop }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -502,4 +522,20 @@ func writeFile(t *testing.T, name string, data []byte) string {
 		t.Fatalf("write %s: %v", name, err)
 	}
 	return path
+}
+
+func TestParseSyncPeer(t *testing.T) {
+	for in, want := range map[string]string{
+		"10.10.10.99": "10.10.10.99:0", " 10.10.10.99:7000 ": "10.10.10.99:7000", "[fd00::2]:6450": "[fd00::2]:6450", "fd00::2": "[fd00::2]:0",
+	} {
+		got, err := ParseSyncPeer(in)
+		if err != nil || got.String() != want {
+			t.Errorf("ParseSyncPeer(%q) = %v, %v; want %s", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"lb-2", "10.10.10.99:0", "10.10.10.99:x", ""} {
+		if _, err := ParseSyncPeer(in); err == nil {
+			t.Errorf("ParseSyncPeer(%q) accepted", in)
+		}
+	}
 }

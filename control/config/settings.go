@@ -12,6 +12,7 @@ import (
 
 	"github.com/xdplb/xdplb/bpf"
 	"github.com/xdplb/xdplb/control/health"
+	flowsync "github.com/xdplb/xdplb/control/sync"
 )
 
 // The settings table: every setting of xdplb once, with the one name that
@@ -49,11 +50,12 @@ const (
 	GroupFrontend Group = "frontend"
 	GroupCheck    Group = "health checks"
 	GroupDataPath Group = "data path"
+	GroupHA       Group = "high availability"
 	GroupDaemon   Group = "daemon"
 )
 
 // Groups lists the groups in order.
-var Groups = []Group{GroupFrontend, GroupCheck, GroupDataPath, GroupDaemon}
+var Groups = []Group{GroupFrontend, GroupCheck, GroupDataPath, GroupHA, GroupDaemon}
 
 // Alias is another YAML spelling of a setting.
 type Alias struct {
@@ -305,6 +307,36 @@ var Settings = []*Setting{
 		Usage: "attach through netlink (XDP) or clsact (TC) even where the kernel has bpf_link",
 		parse: func(c *Config, s string) error { return parseBool(s, &c.NoBPFLink) },
 		value: func(c *Config) any { return c.NoBPFLink }},
+
+	// High availability.
+	{Key: "sync-peer", Type: "ip[:port]", Group: GroupHA, Reload: Restart,
+		Why:   "the sync session with the peer is set up at start",
+		Usage: fmt.Sprintf("the other LB's own address (never the VIP), port %d by default: stream flows to it so connections survive a failover (with sync-key-file)", flowsync.DefaultPort),
+		parse: func(c *Config, s string) error {
+			if strings.TrimSpace(s) == "" {
+				c.SyncPeer = netip.AddrPort{}
+				return nil
+			}
+			ap, err := ParseSyncPeer(s)
+			c.SyncPeer = ap
+			return err
+		},
+		value: func(c *Config) any {
+			if !c.SyncPeer.IsValid() {
+				return ""
+			}
+			return c.SyncPeerAddr().String()
+		}},
+	{Key: "sync-key-file", Type: "file", Group: GroupHA, Reload: Restart,
+		Why:   "the key is read at start",
+		Usage: fmt.Sprintf("file with the pair's shared secret for flow sync, at least %d characters, the same on both LBs (e.g. openssl rand -hex 32)", flowsync.MinKeyLen),
+		parse: func(c *Config, s string) error { c.SyncKeyFile = s; return nil },
+		value: func(c *Config) any { return c.SyncKeyFile }},
+	{Key: "all-down", Type: "policy", Default: string(AllDownOpen), Choices: []string{string(AllDownOpen), string(AllDownDrop)},
+		Group: GroupHA, Reload: Restart, Why: "the policy is compiled into the program",
+		Usage: "new connections while no backend is up: open (try every configured backend; a RST when none takes them) or drop",
+		parse: func(c *Config, s string) error { c.AllDown = AllDownPolicy(s); return nil },
+		value: func(c *Config) any { return string(c.AllDown) }},
 
 	// Daemon.
 	{Key: "metrics-addr", Type: "ip:port", Default: DefaultMetricsAddr, Group: GroupDaemon, Reload: Restart,

@@ -89,6 +89,8 @@ type parts struct {
 	// kick makes the kernel resolve backends' next hops (kickNeighbours);
 	// nil: not done.
 	kick func(backends []config.BackendSpec, source netip.Addr)
+	// sync is flow sync's parts; nil: no flow sync.
+	sync *syncParts
 }
 
 // linkSettle is how long after its interface comes back a failed check
@@ -137,6 +139,11 @@ type Daemon struct {
 
 	// stats are the health checks' counters, for metrics.
 	stats checkStats
+
+	// sync is flow sync with the peer LB; nil when not configured.
+	sync *syncer
+	// failOpen is what the daemon last said of failing open.
+	failOpen atomic.Bool
 }
 
 // Run starts the instance and serves until ctx ends or a shutdown command
@@ -198,6 +205,14 @@ func Run(ctx context.Context, cfg config.Config, opts Options) error {
 	link := newLinkWatch(cfg.Iface)
 	if err := link.resync(); err != nil {
 		return err
+	}
+	sp, err := prepareSync(cfg, node, log)
+	if err != nil {
+		return err
+	}
+	defer sp.close()
+	if sp != nil {
+		node.data.Sync = true
 	}
 
 	// Preflight: what on this node makes the data path fail or crawl is
@@ -262,11 +277,18 @@ func Run(ctx context.Context, cfg config.Config, opts Options) error {
 			return reattach()
 		},
 		now:    bpf.Now,
+		sync:   sp,
 		notify: sdNotifier(),
 		kick:   kickNeighbours,
 	}
 	kickNeighbours(cfg.ResolvedBackends(), node.source)
-	d, err := start(cfg, node, p, inst.Attachment, log)
+	if sp != nil {
+		err = sp.attach(inst, cfg)
+	}
+	var d *Daemon
+	if err == nil {
+		d, err = start(cfg, node, p, inst.Attachment, log)
+	}
 	if d != nil {
 		d.opts = opts
 	}
@@ -302,12 +324,18 @@ func start(cfg config.Config, node nodeFacts, p parts, att loader.Attachment, lo
 	d.monoBase, d.monoBaseNs = time.Now(), p.now()
 	bal, err := balancer.New(p.dp, balancer.Options{
 		Frontend: node.data.Frontend, Backends: cfg.ResolvedBackends(), Timeouts: node.data,
-		Logger: log, Nudger: p.nudger, Now: p.now,
+		Logger: log, Nudger: p.nudger, Now: p.now, FailOpen: cfg.AllDown != config.AllDownDrop,
+		Forgot: d.forgot,
 	})
 	if err != nil {
 		return nil, err
 	}
 	d.bal = bal
+	if p.sync != nil {
+		if d.sync, err = newSyncer(d, *p.sync); err != nil {
+			return nil, err
+		}
+	}
 	d.resolveOnce()
 	if err := bal.Sync(); err != nil {
 		return nil, err
@@ -349,8 +377,11 @@ const stopGrace = 5 * time.Second
 // serve runs the daemon's loops, the control socket and the metrics
 // listener until ctx ends (SIGTERM), a shutdown command arrives, or one of
 // them fails: then it returns that failure, and the daemon exits non-zero.
-func (d *Daemon) serve(ctx context.Context, ctl *controlSocket, metrics net.Listener, ready chan<- struct{}) error {
-	ctx, cancel := context.WithCancel(ctx)
+func (d *Daemon) serve(parent context.Context, ctl *controlSocket, metrics net.Listener, ready chan<- struct{}) error {
+	// The loops run until serve ends them: on SIGTERM (parent done) with
+	// flow sync, the daemon first hands the VIP over, its loops still
+	// running.
+	ctx, cancel := context.WithCancel(context.WithoutCancel(parent))
 	defer cancel()
 	failed := make(chan error, 8)
 	var wg sync.WaitGroup
@@ -380,6 +411,10 @@ func (d *Daemon) serve(ctx context.Context, ctl *controlSocket, metrics net.List
 	}
 	run("control socket", loop(func(ctx context.Context) { d.serveControl(ctx, ctl) }))
 	run("reload", loop(d.reloadLoop))
+	run("all down", loop(d.allDownLoop))
+	if d.sync != nil {
+		d.sync.run(run)
+	}
 	var srv *http.Server
 	if metrics != nil {
 		srv = d.metricsServer()
@@ -396,7 +431,12 @@ func (d *Daemon) serve(ctx context.Context, ctl *controlSocket, metrics net.List
 	d.notifyReady()
 	var err error
 	select {
-	case <-ctx.Done():
+	case <-parent.Done():
+		if d.sync != nil {
+			// A planned stop: hand the VIP over first. A second
+			// signal ends the process at once (cmd/xdplb).
+			d.sync.handoff(ctx)
+		}
 	case <-d.shutdown:
 	case err = <-failed:
 		d.log.Error("stopping: a part of the daemon failed", "err", err)
@@ -464,6 +504,13 @@ func (d *Daemon) onCheck(ev health.Event) {
 		if err := d.bal.PurgeFlows(addr); err != nil {
 			d.log.Error("remove the connections of a backend that stopped answering", "backend", b.Label(), "err", err)
 		}
+	}
+}
+
+// forgot passes the connections the balancer removes to flow sync.
+func (d *Daemon) forgot(why balancer.Forgotten, k bpf.FlowKey, f bpf.Flow) {
+	if d.sync != nil {
+		d.sync.forgot(why, k, f)
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 
 	"github.com/xdplb/xdplb/bpf"
 	"github.com/xdplb/xdplb/control/health"
+	flowsync "github.com/xdplb/xdplb/control/sync"
 )
 
 // Limits of the metrics listener: a scraper needs one connection and a
@@ -174,6 +175,45 @@ var (
 		"1 if the last reload was applied (or none was tried), 0 if it failed and the running configuration is older than the file.", nil, nil)
 	mStarted = prometheus.NewDesc("xdplb_start_time_seconds",
 		"When the daemon started, in seconds since the epoch.", nil, nil)
+	mFailingOpen = prometheus.NewDesc("xdplb_failing_open",
+		"1 while no backend can take new connections as far as this node sees and new connections go to every configured backend anyway (all-down: open).", nil, nil)
+
+	// Flow sync (present when sync-peer is set).
+	mSyncState = prometheus.NewDesc("xdplb_sync_state",
+		"1 for the state of the session with the peer: disconnected, resyncing or in sync; 0 for the others.", []string{"state"}, nil)
+	mSyncGate = prometheus.NewDesc("xdplb_sync_gate_open",
+		"1 when flow sync lets `xdplb check` pass (resynced, nobody to resync from, or this node forwards).", nil, nil)
+	mSyncVIP = prometheus.NewDesc("xdplb_sync_holds_vip",
+		"1 while the VIP is on this node.", nil, nil)
+	mSyncLag = prometheus.NewDesc("xdplb_sync_lag_seconds",
+		"Age of the oldest change not yet sent to the peer.", nil, nil)
+	mSyncPending = prometheus.NewDesc("xdplb_sync_pending",
+		"Connections whose change waits to be sent.", nil, nil)
+	mSyncSentLagP50 = prometheus.NewDesc("xdplb_sync_sent_lag_p50_seconds",
+		"Median of how long the recent changes waited before they were sent.", nil, nil)
+	mSyncSentLagP99 = prometheus.NewDesc("xdplb_sync_sent_lag_p99_seconds",
+		"99th percentile of how long the recent changes waited before they were sent.", nil, nil)
+	mSyncDropped = prometheus.NewDesc("xdplb_sync_dropped_total",
+		"Frames and connections of the peer refused, by reason; nothing refused is installed.", []string{"reason"}, nil)
+	mSyncSessions = prometheus.NewDesc("xdplb_sync_sessions_total",
+		"Sync sessions opened with the peer.", nil, nil)
+	mSyncTakeovers = prometheus.NewDesc("xdplb_sync_takeovers_total",
+		"Times the VIP arrived on this node.", nil, nil)
+	mSyncResyncSeconds = prometheus.NewDesc("xdplb_sync_last_resync_seconds",
+		"Duration of the last bulk resync received from the peer.", nil, nil)
+	mSyncResyncConns = prometheus.NewDesc("xdplb_sync_last_resync_connections",
+		"Connections of the last bulk resync received from the peer.", nil, nil)
+	mSyncTakeoverReady = prometheus.NewDesc("xdplb_sync_last_takeover_connections_ready",
+		"Established connections in this node's table when the VIP last arrived.", nil, nil)
+	// mSyncCounters are flow sync's counters (syncCounterHelp), one
+	// metric each: xdplb_sync_<name>_total.
+	mSyncCounters = func() map[string]*prometheus.Desc {
+		m := map[string]*prometheus.Desc{}
+		for _, c := range syncCounterHelp {
+			m[c.name] = prometheus.NewDesc("xdplb_sync_"+c.name+"_total", c.help, nil, nil)
+		}
+		return m
+	}()
 )
 
 // checkResults are the label values of health.Outcome.
@@ -185,8 +225,12 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, desc := range []*prometheus.Desc{mBuildInfo, mBackendState, mBackendWeight, mBackendConns, mBackendHalfOpen,
 		mBackendPackets, mBackendBytes, mBackendNew, mBackendCheckSeconds, mChecks, mTransitions, mPackets, mEvents,
 		mTableEntries, mTableCapacity, mConnsLive, mConnsCapacity, mRefusing, mReclaimed, mLinkUp, mAttached,
-		mReloads, mReloadOK, mStarted} {
+		mReloads, mReloadOK, mStarted, mFailingOpen, mSyncState, mSyncGate, mSyncVIP, mSyncLag, mSyncPending,
+		mSyncSentLagP50, mSyncSentLagP99, mSyncDropped, mSyncSessions, mSyncTakeovers, mSyncResyncSeconds, mSyncResyncConns, mSyncTakeoverReady} {
 		ch <- desc
+	}
+	for _, c := range syncCounterHelp {
+		ch <- mSyncCounters[c.name]
 	}
 }
 
@@ -242,6 +286,44 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(mReloads, float64(d.reloads[1].Load()), "failed")
 	gauge(mReloadOK, b2f(st.Reload == nil || st.Reload.OK))
 	gauge(mStarted, float64(st.Started.UnixNano())/1e9)
+	gauge(mFailingOpen, b2f(st.FailingOpen))
+	if sy := st.Sync; sy != nil {
+		collectSync(ch, sy)
+	}
+}
+
+// collectSync is flow sync's part of the metrics.
+func collectSync(ch chan<- prometheus.Metric, st *SyncStatus) {
+	gauge := func(desc *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(desc *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, v, labels...)
+	}
+	for _, s := range []string{syncDisconnected, syncResyncing, syncInSync} {
+		gauge(mSyncState, b2f(st.State == s), s)
+	}
+	gauge(mSyncGate, b2f(st.GateOpen))
+	gauge(mSyncVIP, b2f(st.HoldsVIP))
+	gauge(mSyncLag, st.LagMS/1000)
+	gauge(mSyncPending, float64(st.Pending))
+	gauge(mSyncSentLagP50, st.LagP50MS/1000)
+	gauge(mSyncSentLagP99, st.LagP99MS/1000)
+	for _, c := range syncCounterHelp {
+		counter(mSyncCounters[c.name], float64(st.Counters[c.name]))
+	}
+	for _, r := range append(append([]flowsync.Reason{}, flowsync.FrameReasons...), flowsync.RecordReasons...) {
+		counter(mSyncDropped, float64(st.Dropped[string(r)]), string(r))
+	}
+	counter(mSyncSessions, float64(st.Sessions))
+	counter(mSyncTakeovers, float64(st.Takeovers))
+	if r := st.LastResync; r != nil {
+		gauge(mSyncResyncSeconds, r.DurationMS/1000)
+		gauge(mSyncResyncConns, float64(r.Connections))
+	}
+	if t := st.LastTakeover; t != nil {
+		gauge(mSyncTakeoverReady, float64(t.ConnectionsReady))
+	}
 }
 
 func b2f(b bool) float64 {

@@ -91,6 +91,9 @@ func decideNode(cfg config.Config, own []netip.Addr, eph config.PortRange) (node
 		Frontend: netip.AddrPortFrom(cfg.VIP, cfg.Port), SNATLo: n.snat.Lo, SNATHi: n.snat.Hi,
 		IdleTimeout: cfg.EstablishedTimeout,
 		MaxConns:    cfg.MaxConns, MaxConnsPerClient: cfg.MaxConnsPerClient,
+		// Failing open, a new connection no backend takes is reset at
+		// once rather than left to retransmit its SYN.
+		NoBackendReset: cfg.AllDown != config.AllDownDrop,
 	}
 	return n, n.data.Validate()
 }

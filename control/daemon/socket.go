@@ -79,6 +79,13 @@ type Status struct {
 	Reload *ReloadResult `json:"reload,omitempty"`
 	// Config is the configuration file the daemon reads at a reload.
 	Config string `json:"config,omitempty"`
+	// AllDown is the all-down policy (open or drop); FailingOpen says
+	// that no backend can take new connections as far as this node sees
+	// and new connections go to every configured backend anyway.
+	AllDown     string `json:"all_down"`
+	FailingOpen bool   `json:"failing_open"`
+	// Sync is flow sync with the peer LB (absent when not configured).
+	Sync *SyncStatus `json:"sync,omitempty"`
 }
 
 // TableStatus is the connection table's load.
@@ -301,6 +308,9 @@ func (d *Daemon) handle(req Request) Response {
 		if !st.Attached {
 			return Response{Error: "program not attached: " + st.AttachError, Status: &st}
 		}
+		if st.Sync != nil && !st.Sync.GateOpen {
+			return Response{Error: st.Sync.GateWhy, Status: &st}
+		}
 		if req.Backends {
 			if why := noBackendWhy(st.Backends); why != "" {
 				return Response{Error: why, Status: &st}
@@ -433,6 +443,12 @@ func (d *Daemon) status() Status {
 		for i, v := range stats {
 			st.Counters[bpf.Stat(i).Name()] = v
 		}
+	}
+	st.AllDown = string(cfg.AllDown)
+	st.FailingOpen = failingOpen(cfg.AllDown, st.Backends)
+	if d.sync != nil {
+		ss := d.sync.status()
+		st.Sync = &ss
 	}
 	return st
 }

@@ -37,12 +37,13 @@ func (e *LocalError) Unwrap() error { return e.Err }
 // kernel, whatever the backend: resources (EMFILE, ENFILE, ENOBUFS,
 // ENOMEM), routing and addressing (ENETUNREACH, ENETDOWN, EADDRNOTAVAIL:
 // no route, the link is down, the source address is gone or no source
-// port is free), and the local firewall (EPERM, EACCES). EHOSTUNREACH is
-// not among them: the backend's own host not answering ARP is evidence
+// port is free), this node's routing table discarding the packet (EINVAL:
+// a blackhole route) and the local firewall (EPERM, EACCES). EHOSTUNREACH
+// is not among them: the backend's own host not answering ARP is evidence
 // against it.
 var localErrnos = []syscall.Errno{
 	syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM,
-	syscall.ENETUNREACH, syscall.ENETDOWN, syscall.EADDRNOTAVAIL,
+	syscall.ENETUNREACH, syscall.ENETDOWN, syscall.EADDRNOTAVAIL, syscall.EINVAL,
 	syscall.EPERM, syscall.EACCES,
 }
 

@@ -32,6 +32,7 @@ func TestClassifyLocal(t *testing.T) {
 		{dial(syscall.ENETDOWN), LocalFault},
 		{dial(syscall.EADDRNOTAVAIL), LocalFault},
 		{dial(syscall.EPERM), LocalFault},
+		{dial(syscall.EINVAL), LocalFault}, // a blackhole route on this node
 		{&CheckError{Step: "https GET /readyz", Err: &LocalError{Reason: "cannot read the check's token", Err: os.ErrNotExist}}, LocalFault},
 		{dial(syscall.ECONNREFUSED), NoAnswer},
 		{dial(syscall.ECONNRESET), NoAnswer},

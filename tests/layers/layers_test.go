@@ -29,12 +29,13 @@ var layer = map[string]int{
 	"control/balancer/balancertest": 2,
 	"control/safefile":              2,
 	"control/preflight":             2,
+	"control/sync":                  2,
 	"control/daemon":                3,
 	"cmd/xdplb":                     4,
 }
 
 // decisions are the control plane's pure packages.
-var decisions = []string{"control/config", "control/health", "control/maglev", "control/balancer", "control/balancer/balancertest", "control/safefile", "control/preflight"}
+var decisions = []string{"control/config", "control/health", "control/maglev", "control/balancer", "control/balancer/balancertest", "control/safefile", "control/preflight", "control/sync"}
 
 // kernel are the imports that reach the kernel: BPF, netlink, raw
 // syscalls, other programs. Only bpf, loader and control/daemon may use

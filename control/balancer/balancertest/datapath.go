@@ -265,3 +265,21 @@ func (f *Datapath) AddConn(client, backend netip.AddrPort, id uint32, snat uint1
 		Backend: id, Dir: uint8(bpf.FlowToClient), State: uint8(state), LastSeenNs: lastSeen}
 	return ck
 }
+
+// LookupFlow reads one entry.
+func (f *Datapath) LookupFlow(t bpf.FlowTable, k bpf.FlowKey) (bpf.Flow, bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	v, ok := f.flows[t][k]
+	return v, ok, nil
+}
+
+// PutConnection writes a connection's two entries into the established
+// table, as flow sync installs a peer's connection.
+func (f *Datapath) PutConnection(ck bpf.FlowKey, client bpf.Flow, rk bpf.FlowKey, reply bpf.Flow) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.flows[bpf.TableEstablished][rk] = reply
+	f.flows[bpf.TableEstablished][ck] = client
+	return nil
+}
