@@ -394,6 +394,34 @@ func TestNoBackendReset(t *testing.T) {
 	if r := h.run(h.xdp, syn.Frame()); r.verdict != xdpDrop || r.stats[StatNoBackend] != 1 {
 		t.Fatalf("no backend, drop: %d %v", r.verdict, named(r.stats))
 	}
+	// The run-time policy (userspace sets it while failing open), on
+	// both hooks; every backend that refused is skipped, then a RST.
+	for _, hk := range hooks {
+		h = newHarness(t, Config{}, threeServers)
+		for _, b := range threeServers {
+			if err := h.maps.XdplbRefused.Put(b.id, Now()-1e9); err != nil { // the coarse clock may lag
+				t.Fatal(err)
+			}
+		}
+		if r := h.run(hk.prog(h), syn.Frame()); r.verdict != hk.drop || r.stats[StatNoBackend] != 1 {
+			t.Fatalf("%s: every backend refused, policy unset: %d %v", hk.name, r.verdict, named(r.stats))
+		}
+		if err := h.maps.XdplbPolicy.Put(uint32(0), uint32(PolicyResetNoBackend)); err != nil {
+			t.Fatal(err)
+		}
+		r := h.run(hk.prog(h), syn.Frame())
+		if r.verdict != hk.tx || r.stats[StatResetNoBackend] != 1 {
+			t.Fatalf("%s: every backend refused, policy reset: %d %v", hk.name, r.verdict, named(r.stats))
+		}
+		if hk.name == "xdp" {
+			wantRST(t, "policy reset", r.out, agent1, frontend, 0, 42, true)
+		}
+		// A backend that does not refuse takes the connection.
+		h.maps.XdplbRefused.Put(threeServers[1].id, uint64(0))
+		if r := h.run(hk.prog(h), syn.Frame()); r.verdict != hk.tx || r.stats[StatNewFlow] != 1 {
+			t.Fatalf("%s: one backend left, policy reset: %d %v", hk.name, r.verdict, named(r.stats))
+		}
+	}
 }
 
 // icmpResiduals checks every checksum of an ICMP error frame: the outer

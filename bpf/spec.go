@@ -29,7 +29,8 @@ type Config struct {
 	// connections; 0: no cap.
 	MaxConnsPerClient uint32
 	// NoBackendReset: a new connection no backend can take gets a RST at
-	// once instead of its SYN being dropped.
+	// once instead of its SYN being dropped, always (the xdplb_policy map
+	// can also ask for it at run time: PolicyResetNoBackend).
 	NoBackendReset bool
 	// Sync makes the data path report connections (SyncEvent) for the
 	// peer LB, again every SyncRefresh at most while packets flow

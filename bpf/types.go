@@ -71,6 +71,11 @@ const (
 // BackendFlagMAC says Backend.Mac, Smac and Ifindex are resolved.
 const BackendFlagMAC = 0x01
 
+// PolicyResetNoBackend is the xdplb_policy bit (POLICY_F_RESET_NO_BACKEND)
+// that makes a new connection no backend can take get a RST at once rather
+// than a drop: userspace sets it while failing open.
+const PolicyResetNoBackend = 0x01
+
 // The limits of the data path, from enum xdplb_limit in xdplb_consts.h.
 const (
 	// MaglevSize is the size of one of the two Maglev tables in the maglev map.

@@ -59,7 +59,8 @@ volatile const __u32 hash_seed = 0x786c6231; /* "xlb1" */
 /* Established connections one client address may hold; 0: no limit. */
 volatile const __u32 max_conns_per_client = 0;
 /* 1: a new connection no backend can take gets a RST at once; 0: its SYN
- * is dropped (the client retransmits). */
+ * is dropped (the client retransmits), unless xdplb_policy says otherwise
+ * at run time (POLICY_F_RESET_NO_BACKEND). */
 volatile const __u32 no_backend_reset = 0;
 
 /* After the consts: it reads frontend_addr. */
@@ -340,6 +341,22 @@ static __always_inline void egress_to_backend(struct egress *out, const struct f
 	egress_of_flow(out, f);
 }
 
+/* The verdict for a new connection no backend can take: a RST when the
+ * load-time constant or userspace's policy (failing open) says so, else a
+ * drop (the client retransmits its SYN). */
+static __always_inline int no_backend(void)
+{
+	__u32 zero = 0;
+	__u32 *policy;
+
+	if (no_backend_reset)
+		return STAT_RESET_NO_BACKEND;
+	policy = bpf_map_lookup_elem(&xdplb_policy, &zero);
+	if (policy && (*policy & POLICY_F_RESET_NO_BACKEND))
+		return STAT_RESET_NO_BACKEND;
+	return STAT_DROP_NO_BACKEND;
+}
+
 /* A client SYN without a flow: choose a backend and a SNAT port, record
  * both directions as half-open. *out receives the client->backend entry. */
 static __always_inline int open_flow(void *ctx, const struct packet *p, const struct flow_key *ck, __u64 now,
@@ -364,10 +381,10 @@ static __always_inline int open_flow(void *ctx, const struct packet *p, const st
 	}
 	id = pick_backend(ck, now);
 	if (id == NO_BACKEND)
-		return no_backend_reset ? STAT_RESET_NO_BACKEND : STAT_DROP_NO_BACKEND;
+		return no_backend();
 	be = bpf_map_lookup_elem(&xdplb_backends, &id);
 	if (!be || be->addr == 0)
-		return no_backend_reset ? STAT_RESET_NO_BACKEND : STAT_DROP_NO_BACKEND;
+		return no_backend();
 
 	__builtin_memset(out, 0, sizeof(*out));
 	if (backend_nexthop(ctx, p, be, out))

@@ -210,6 +210,7 @@ const (
 	xdplbMapXdplbFlows           = "xdplb_flows"
 	xdplbMapXdplbHalfOpen        = "xdplb_half_open"
 	xdplbMapXdplbMaglev          = "xdplb_maglev"
+	xdplbMapXdplbPolicy          = "xdplb_policy"
 	xdplbMapXdplbRefused         = "xdplb_refused"
 	xdplbMapXdplbSnatNext        = "xdplb_snat_next"
 	xdplbMapXdplbStats           = "xdplb_stats"
@@ -295,6 +296,7 @@ type xdplbMapSpecs struct {
 	XdplbFlows    *ebpf.MapSpec `ebpf:"xdplb_flows"`
 	XdplbHalfOpen *ebpf.MapSpec `ebpf:"xdplb_half_open"`
 	XdplbMaglev   *ebpf.MapSpec `ebpf:"xdplb_maglev"`
+	XdplbPolicy   *ebpf.MapSpec `ebpf:"xdplb_policy"`
 	XdplbRefused  *ebpf.MapSpec `ebpf:"xdplb_refused"`
 	XdplbSnatNext *ebpf.MapSpec `ebpf:"xdplb_snat_next"`
 	XdplbStats    *ebpf.MapSpec `ebpf:"xdplb_stats"`
@@ -354,6 +356,7 @@ type xdplbMaps struct {
 	XdplbFlows    *ebpf.Map `ebpf:"xdplb_flows"`
 	XdplbHalfOpen *ebpf.Map `ebpf:"xdplb_half_open"`
 	XdplbMaglev   *ebpf.Map `ebpf:"xdplb_maglev"`
+	XdplbPolicy   *ebpf.Map `ebpf:"xdplb_policy"`
 	XdplbRefused  *ebpf.Map `ebpf:"xdplb_refused"`
 	XdplbSnatNext *ebpf.Map `ebpf:"xdplb_snat_next"`
 	XdplbStats    *ebpf.Map `ebpf:"xdplb_stats"`
@@ -369,6 +372,7 @@ func (m *xdplbMaps) Close() error {
 		m.XdplbFlows,
 		m.XdplbHalfOpen,
 		m.XdplbMaglev,
+		m.XdplbPolicy,
 		m.XdplbRefused,
 		m.XdplbSnatNext,
 		m.XdplbStats,

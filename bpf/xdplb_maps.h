@@ -60,6 +60,16 @@ struct {
 	__type(value, struct lb_control);
 } xdplb_control SEC(".maps");
 
+/* Single-entry array: policy bits userspace sets at run time (POLICY_F_*).
+ * A map of its own rather than a field of lb_control, so that adding it
+ * changed the layout of no pinned map (an upgrade keeps the old ones). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} xdplb_policy SEC(".maps");
+
 /* One entry (key 0) per CPU: a counter per reason, by name (struct
  * xdplb_stats). */
 struct {

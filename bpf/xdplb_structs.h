@@ -154,6 +154,13 @@ struct flow {
 
 #define BACKEND_F_MAC 0x01 /* mac/smac/ifindex are resolved */
 
+/* xdplb_policy bits. RESET_NO_BACKEND: a new connection no backend can take
+ * gets a RST at once (userspace sets it while no backend is up and the
+ * table holds every configured one: failing open), instead of a drop that
+ * lets the client retransmit its SYN (right while only some backends
+ * refuse: the retransmission finds a live one once they are marked down). */
+#define POLICY_F_RESET_NO_BACKEND 0x01
+
 struct backend {
 	__be32 addr;
 	__be16 port;

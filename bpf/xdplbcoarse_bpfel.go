@@ -119,6 +119,7 @@ const (
 	xdplbCoarseMapXdplbFlows           = "xdplb_flows"
 	xdplbCoarseMapXdplbHalfOpen        = "xdplb_half_open"
 	xdplbCoarseMapXdplbMaglev          = "xdplb_maglev"
+	xdplbCoarseMapXdplbPolicy          = "xdplb_policy"
 	xdplbCoarseMapXdplbRefused         = "xdplb_refused"
 	xdplbCoarseMapXdplbSnatNext        = "xdplb_snat_next"
 	xdplbCoarseMapXdplbStats           = "xdplb_stats"
@@ -204,6 +205,7 @@ type xdplbCoarseMapSpecs struct {
 	XdplbFlows    *ebpf.MapSpec `ebpf:"xdplb_flows"`
 	XdplbHalfOpen *ebpf.MapSpec `ebpf:"xdplb_half_open"`
 	XdplbMaglev   *ebpf.MapSpec `ebpf:"xdplb_maglev"`
+	XdplbPolicy   *ebpf.MapSpec `ebpf:"xdplb_policy"`
 	XdplbRefused  *ebpf.MapSpec `ebpf:"xdplb_refused"`
 	XdplbSnatNext *ebpf.MapSpec `ebpf:"xdplb_snat_next"`
 	XdplbStats    *ebpf.MapSpec `ebpf:"xdplb_stats"`
@@ -263,6 +265,7 @@ type xdplbCoarseMaps struct {
 	XdplbFlows    *ebpf.Map `ebpf:"xdplb_flows"`
 	XdplbHalfOpen *ebpf.Map `ebpf:"xdplb_half_open"`
 	XdplbMaglev   *ebpf.Map `ebpf:"xdplb_maglev"`
+	XdplbPolicy   *ebpf.Map `ebpf:"xdplb_policy"`
 	XdplbRefused  *ebpf.Map `ebpf:"xdplb_refused"`
 	XdplbSnatNext *ebpf.Map `ebpf:"xdplb_snat_next"`
 	XdplbStats    *ebpf.Map `ebpf:"xdplb_stats"`
@@ -278,6 +281,7 @@ func (m *xdplbCoarseMaps) Close() error {
 		m.XdplbFlows,
 		m.XdplbHalfOpen,
 		m.XdplbMaglev,
+		m.XdplbPolicy,
 		m.XdplbRefused,
 		m.XdplbSnatNext,
 		m.XdplbStats,

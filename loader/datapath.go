@@ -60,6 +60,16 @@ func (d Datapath) SetRefuseNew(refuse bool) error {
 	return d.updateControl(func(c *bpf.LBControl) { c.RefuseNew = v })
 }
 
+// SetNoBackendReset sets or clears the data path's run-time policy of
+// resetting (rather than dropping) a new connection no backend can take.
+func (d Datapath) SetNoBackendReset(reset bool) error {
+	var v uint32
+	if reset {
+		v = bpf.PolicyResetNoBackend
+	}
+	return d.M.XdplbPolicy.Put(uint32(0), v)
+}
+
 // updateControl rewrites lb_control; the data path only reads it.
 func (d Datapath) updateControl(change func(*bpf.LBControl)) error {
 	var c bpf.LBControl

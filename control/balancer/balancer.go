@@ -46,6 +46,9 @@ type Datapath interface {
 	// SetClientConns rewrites the per-client counts of established
 	// connections: clients listed get their count, every other entry goes.
 	SetClientConns(counts map[netip.Addr]uint32) error
+	// SetNoBackendReset makes the data path reset (true) or drop a new
+	// connection no backend can take.
+	SetNoBackendReset(reset bool) error
 }
 
 // Userspace-only bits of bpf.Backend.Flags: the data path ignores them; they
@@ -115,8 +118,9 @@ type Balancer struct {
 	mu       sync.Mutex
 	backends map[netip.AddrPort]*Backend
 	// failingOpen: no backend takes new connections, and the table holds
-	// every configured one (Options.FailOpen).
-	failingOpen bool
+	// every configured one (Options.FailOpen). resetKnown: the data path's
+	// reset policy was written (a previous daemon may have left either).
+	failingOpen, resetKnown bool
 	// refusing is what the balancer last wrote to lb_control.refuse_new;
 	// refuseKnown is false until the first write (a previous daemon may
 	// have left either value).
@@ -272,14 +276,18 @@ func (b *Balancer) syncLocked() error {
 		}
 		mb = append(mb, maglev.Backend{ID: st.ID, Key: st.Addr.String(), Weight: w})
 	}
-	if failingOpen != b.failingOpen {
-		if failingOpen {
-			b.log.Debug("no backend is up: the table holds every configured backend")
-		} else {
-			b.log.Debug("the table holds the backends that are up again")
+	// Failing open, a connection none of the backends takes is reset at
+	// once; otherwise it is dropped, so that its retransmitted SYN finds
+	// a live backend once the refusing ones are marked down. Set before
+	// the table holds every backend, cleared after it no longer does.
+	wasOpen, known := b.failingOpen, b.resetKnown
+	if failingOpen && (!wasOpen || !known) {
+		if err := b.dp.SetNoBackendReset(true); err != nil {
+			return fmt.Errorf("set the data path's reset policy: %w", err)
 		}
-		b.failingOpen = failingOpen
+		b.log.Debug("no backend is up: the table holds every configured backend")
 	}
+	b.failingOpen = failingOpen
 	table := maglev.Build(mb, bpf.MaglevSize)
 	active, err := b.dp.ActiveMaglev()
 	if err != nil {
@@ -292,6 +300,12 @@ func (b *Balancer) syncLocked() error {
 	if err := b.dp.SetActiveMaglev(spare); err != nil {
 		return fmt.Errorf("switch maglev table: %w", err)
 	}
+	if !failingOpen && (wasOpen || !known) {
+		if err := b.dp.SetNoBackendReset(false); err != nil {
+			return fmt.Errorf("set the data path's reset policy: %w", err)
+		}
+	}
+	b.resetKnown = true
 	return nil
 }
 

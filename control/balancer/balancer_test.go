@@ -262,13 +262,13 @@ func TestBalancerFailsOpen(t *testing.T) {
 		b.SetHealth(s2, false, false)
 		live := share(dp.Live())
 		if !open {
-			if b.FailingOpen() || live[st1.ID] != 0 || live[st2.ID] != 0 || live[st3.ID] != 0 {
+			if b.FailingOpen() || live[st1.ID] != 0 || live[st2.ID] != 0 || live[st3.ID] != 0 || dp.NoBackendReset() {
 				t.Fatalf("drop policy: failing open %v, table %v", b.FailingOpen(), live)
 			}
 			continue
 		}
-		if !b.FailingOpen() || live[st1.ID] == 0 || live[st2.ID] == 0 || live[st3.ID] != 0 {
-			t.Fatalf("open policy: failing open %v, table %v (s3 drained)", b.FailingOpen(), live)
+		if !b.FailingOpen() || live[st1.ID] == 0 || live[st2.ID] == 0 || live[st3.ID] != 0 || !dp.NoBackendReset() {
+			t.Fatalf("open policy: failing open %v, table %v (s3 drained), reset %v", b.FailingOpen(), live, dp.NoBackendReset())
 		}
 		// A connection the fail-open table made survives the GC.
 		c := dp.AddConn(netip.MustParseAddrPort("10.10.10.101:40000"), s1, st1.ID, 30000, now, bpf.FlowEstablished)
@@ -279,8 +279,8 @@ func TestBalancerFailsOpen(t *testing.T) {
 			t.Fatal("connection gone")
 		}
 		b.SetHealth(s2, true, false)
-		if b.FailingOpen() || share(dp.Live())[st1.ID] != 0 {
-			t.Fatalf("s2 back: failing open %v, table %v", b.FailingOpen(), share(dp.Live()))
+		if b.FailingOpen() || share(dp.Live())[st1.ID] != 0 || dp.NoBackendReset() {
+			t.Fatalf("s2 back: failing open %v, table %v, reset %v", b.FailingOpen(), share(dp.Live()), dp.NoBackendReset())
 		}
 		// Every backend drained: nothing to fail open to.
 		b.SetHealth(s2, false, false)

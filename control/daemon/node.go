@@ -91,9 +91,8 @@ func decideNode(cfg config.Config, own []netip.Addr, eph config.PortRange) (node
 		Frontend: netip.AddrPortFrom(cfg.VIP, cfg.Port), SNATLo: n.snat.Lo, SNATHi: n.snat.Hi,
 		IdleTimeout: cfg.EstablishedTimeout,
 		MaxConns:    cfg.MaxConns, MaxConnsPerClient: cfg.MaxConnsPerClient,
-		// Failing open, a new connection no backend takes is reset at
-		// once rather than left to retransmit its SYN.
-		NoBackendReset: cfg.AllDown != config.AllDownDrop,
+		// NoBackendReset stays off: the balancer sets the data path's
+		// reset policy while it fails open (all-down: open).
 	}
 	return n, n.data.Validate()
 }

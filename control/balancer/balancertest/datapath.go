@@ -28,6 +28,7 @@ type Datapath struct {
 	swaps    int
 	capacity [2]uint32
 	refuse   bool
+	reset    bool
 	clients  map[netip.Addr]uint32
 }
 
@@ -282,4 +283,19 @@ func (f *Datapath) PutConnection(ck bpf.FlowKey, client bpf.Flow, rk bpf.FlowKey
 	f.flows[bpf.TableEstablished][rk] = reply
 	f.flows[bpf.TableEstablished][ck] = client
 	return nil
+}
+
+// SetNoBackendReset sets the data path's reset policy.
+func (f *Datapath) SetNoBackendReset(reset bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.reset = reset
+	return nil
+}
+
+// NoBackendReset is the data path's reset policy.
+func (f *Datapath) NoBackendReset() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.reset
 }
