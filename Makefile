@@ -2,9 +2,15 @@
 SHELL   := /bin/bash
 GO      ?= $(shell command -v go 2>/dev/null || echo /usr/local/go/bin/go)
 CLANG   ?= clang-14
-VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/xdplb/xdplb/control/daemon.Version=$(VERSION)
 export PATH := $(dir $(GO)):$(PATH)
+# Every binary is static (no cgo, so it runs on any glibc: Ubuntu 20.04's
+# 2.31 too) and carries no path of the machine that built it. GOARCH and
+# GOOS from the environment cross-compile.
+export CGO_ENABLED := 0
+GOBUILD := $(GO) build -trimpath
+BIN     ?= bin
 
 # Debian packages the tests use (installed when missing, on Debian/Ubuntu).
 TEST_DEBS := clang-14 llvm-14 libbpf-dev linux-libc-dev iproute2 ethtool keepalived bpftool
@@ -23,10 +29,10 @@ check-generate: deps ## prove the committed BPF objects match the C source
 	git diff --exit-code -- bpf/ || { echo "committed bpf2go output differs from the C: run make generate and commit"; exit 1; }
 
 .PHONY: build
-build: ## build bin/xdplb and the test tools (bin/mockapi, bin/agent)
-	$(GO) build -ldflags "$(LDFLAGS)" -o bin/xdplb ./cmd/xdplb
-	$(GO) build -o bin/mockapi ./tests/cmd/mockapi
-	$(GO) build -o bin/agent ./tests/cmd/agent
+build: ## build bin/xdplb and the test tools (bin/mockapi, bin/agent): static binaries
+	$(GOBUILD) -ldflags "$(LDFLAGS)" -o $(BIN)/xdplb ./cmd/xdplb
+	$(GOBUILD) -o $(BIN)/mockapi ./tests/cmd/mockapi
+	$(GOBUILD) -o $(BIN)/agent ./tests/cmd/agent
 
 .PHONY: deps
 deps: ## install what the tests need (Debian/Ubuntu, as root)
@@ -97,10 +103,10 @@ vm-deps: ## install qemu, busybox-static, kmod, xz-utils, zstd for the kernel ma
 .PHONY: vm-test
 vm-test: root vm-deps ## the kernel matrix: packet, loader and e2e smoke tests on the host kernel and Debian 5.10/6.1 in qemu
 	rm -rf bin/vm && mkdir -p bin/vm
-	$(GO) test -c -o bin/vm/ ./bpf ./loader ./tests/vm/smoke ./tests/e2e
-	$(GO) build -ldflags "$(LDFLAGS)" -o bin/vm/xdplb ./cmd/xdplb
-	$(GO) build -ldflags "$(LDFLAGS)-upgraded" -o bin/vm/xdplb-upgraded ./cmd/xdplb
-	$(GO) build -o bin/vm/mockapi ./tests/cmd/mockapi
+	$(GO) test -c -trimpath -o bin/vm/ ./bpf ./loader ./tests/vm/smoke ./tests/e2e
+	$(GOBUILD) -ldflags "$(LDFLAGS)" -o bin/vm/xdplb ./cmd/xdplb
+	$(GOBUILD) -ldflags "$(LDFLAGS)-upgraded" -o bin/vm/xdplb-upgraded ./cmd/xdplb
+	$(GOBUILD) -o bin/vm/mockapi ./tests/cmd/mockapi
 	tests/vm/matrix.sh -kernels $(VM_KERNELS) -timeout 12m -test-timeout 8m -- $(VM_TESTS)
 
 .PHONY: vm-smoke

@@ -216,6 +216,6 @@ func cmdDetach(e env, args []string) error {
 }
 
 func cmdVersion(e env, args []string) error {
-	printf(e.stdout, "xdplb %s (data path: %s)\n", daemon.Version, strings.Join([]string{"xdp", "tc"}, "+"))
+	printf(e.stdout, "xdplb %s (data path: %s; %s)\n", daemon.Version, strings.Join([]string{"xdp", "tc"}, "+"), platform())
 	return nil
 }
