@@ -34,6 +34,12 @@ build: ## build bin/xdplb and the test tools (bin/mockapi, bin/agent): static bi
 	$(GOBUILD) -o $(BIN)/mockapi ./tests/cmd/mockapi
 	$(GOBUILD) -o $(BIN)/agent ./tests/cmd/agent
 
+DEB_DIR ?= $(CURDIR)
+
+.PHONY: deb
+deb: ## build xdplb_<version>_amd64.deb (dpkg-deb): static binary, unit, conffile, keepalived sample, docs, man page, completion
+	GO=$(GO) packaging/deb.sh -v $(VERSION) -o $(DEB_DIR)
+
 .PHONY: deps
 deps: ## install what the tests need (Debian/Ubuntu, as root)
 	@missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -52,14 +58,14 @@ lint: ## gofmt, go vet
 
 .PHONY: test
 test: root deps lint check-generate ## unit, packet, loader and end-to-end tests, then the kernel matrix (as root)
-	$(GO) test -count=1 -timeout 10m ./bpf/... ./loader/... ./control/... ./cmd/... ./tests/layers/ ./tests/cmd/... ./tests/lab/... ./tests/testnet/... ./tests/apiserver/... ./tests/agent/... ./bench/...
+	$(GO) test -count=1 -timeout 10m ./bpf/... ./loader/... ./control/... ./cmd/... ./tests/layers/ ./tests/cmd/... ./tests/lab/... ./tests/testnet/... ./tests/apiserver/... ./tests/agent/... ./bench/... ./packaging/...
 	$(GO) test -count=1 -timeout 40m -v ./tests/e2e/ 2>&1 | tee /tmp/xdplb-e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|REPORT)|e2e_|\.go:[0-9]+:' ; test $${PIPESTATUS[0]} -eq 0
 	$(MAKE) vagrant-check
 	$(MAKE) vm-test
 
 .PHONY: test-unit
 test-unit: ## tests that need no root
-	$(GO) test -count=1 ./control/... ./cmd/... ./tests/cmd/... ./tests/lab/...
+	$(GO) test -count=1 ./control/... ./cmd/... ./tests/cmd/... ./tests/lab/... ./packaging/...
 
 .PHONY: fuzz
 fuzz: root ## fuzz the data path for 60 s
@@ -123,4 +129,4 @@ vagrant-e2e: ## end-to-end test on the Vagrant cluster of the guide (make build 
 
 .PHONY: clean
 clean: ## remove build output
-	rm -rf bin
+	rm -rf bin xdplb_*.deb

@@ -28,8 +28,8 @@ func keepalivedConf(t *testing.T, c *cluster, lb *testnet.Host, master bool) str
 	conf := string(sample)
 	in := c.lbs[lb]
 	for _, script := range []struct{ sample, args string }{
-		{`script "/usr/local/bin/xdplb check --quiet"`, "check --quiet"},
-		{`script "/usr/local/bin/xdplb check --backends --quiet"`, "check --backends --quiet"},
+		{`script "/usr/bin/xdplb check --quiet"`, "check --quiet"},
+		{`script "/usr/bin/xdplb check --backends --quiet"`, "check --backends --quiet"},
 	} {
 		line := fmt.Sprintf("script %q", fmt.Sprintf("%s %s --instance %s --bpffs %s", in.Bin, script.args, in.Name, in.BPFFS))
 		if !strings.Contains(conf, script.sample) {
