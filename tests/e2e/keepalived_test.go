@@ -15,13 +15,18 @@ import (
 	"github.com/xdplb/xdplb/tests/testnet"
 )
 
-// keepalivedConf renders the repo's sample packaging/keepalived.conf for
-// one LB of this test: its state, and track scripts that check this LB's
-// own xdplb instance (never a process name: every namespace shares one
-// PID namespace).
+// keepalivedConf renders the repo's sample packaging/keepalived.conf (or
+// the one $XDPLB_E2E_KEEPALIVED_CONF names: the VM matrix gives the one
+// the .deb installed) for one LB of this test: its state, and track
+// scripts that check this LB's own xdplb instance (never a process name:
+// every namespace shares one PID namespace).
 func keepalivedConf(t *testing.T, c *cluster, lb *testnet.Host, master bool) string {
 	t.Helper()
-	sample, err := os.ReadFile("../../packaging/keepalived.conf")
+	file := "../../packaging/keepalived.conf"
+	if f := os.Getenv("XDPLB_E2E_KEEPALIVED_CONF"); f != "" {
+		file = f
+	}
+	sample, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
