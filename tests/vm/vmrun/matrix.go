@@ -34,17 +34,17 @@ func (t *testResult) passed() bool { return t.ran && t.rc == 0 }
 
 // kernelReport is one kernel's row of the matrix.
 type kernelReport struct {
-	spec    string
-	kernel  string // release and package
-	accel   string // kvm or tcg; native on the host
+	spec   string
+	kernel string // release and package
+	accel  string // kvm or tcg; native on the host
 	// userland names the guest's root file system and its libc (the
 	// first line of ldd --version).
 	userland string
-	boot    time.Duration
-	total   time.Duration
-	logPath string
-	err     error // the kernel could not be fetched or booted
-	tests   []*testResult
+	boot     time.Duration
+	total    time.Duration
+	logPath  string
+	err      error // the kernel could not be fetched or booted
+	tests    []*testResult
 }
 
 func cmdMatrix(ctx context.Context, e *env, args []string) error {

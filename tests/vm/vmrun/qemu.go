@@ -23,15 +23,15 @@ type bootSpec struct {
 	// host's root (and the current directory is already in it).
 	userland *Userland
 	script   string            // the guest's cmd.sh
-	env     map[string]string // exported in the guest
-	cwd     string            // the command's directory (a host path, the same in the guest)
-	timeout time.Duration     // for the whole boot
-	memMB   int
-	smp     int
-	accel   string  // "kvm" or "tcg"
-	image   string  // what qemu boots: the bzImage, or vmlinux (ELF, PVH entry)
-	logPath string  // the whole serial console goes here
-	marks   markers // made by boot if empty
+	env      map[string]string // exported in the guest
+	cwd      string            // the command's directory (a host path, the same in the guest)
+	timeout  time.Duration     // for the whole boot
+	memMB    int
+	smp      int
+	accel    string  // "kvm" or "tcg"
+	image    string  // what qemu boots: the bzImage, or vmlinux (ELF, PVH entry)
+	logPath  string  // the whole serial console goes here
+	marks    markers // made by boot if empty
 	// onLine sees each console line (without "\r\n") as it arrives, but
 	// for the ready and exit markers, with whether the command is running
 	// (between them).
@@ -42,7 +42,7 @@ type bootSpec struct {
 type bootResult struct {
 	exitCode int // the command's; -1 if the guest printed none
 	timedOut bool
-	userland string // the first line of the guest's ldd --version
+	userland string        // the first line of the guest's ldd --version
 	boot     time.Duration // qemu start → READY
 	total    time.Duration
 	tail     *ring // last console lines, for error messages
