@@ -109,7 +109,7 @@ demo: root demo-deps ## a live demo in network namespaces: three mock API server
 # Debian bullseye's userland (glibc 2.31, Ubuntu 20.04's generation), install
 # the .deb with dpkg -i first and run the installed binary and keepalived sample.
 VM_KERNELS ?= 5.4,bullseye,bookworm
-VM_E2E ?= TestBalance$$|TestServerProcessDies|TestRestartKeepsStreams
+VM_E2E ?= TestBalance$$|TestServerProcessDies|TestRestartKeepsStreams|TestPlatformFaults
 VM_E2E_ENV = XDPLB_E2E_SLACK=3s XDPLB_E2E_INTER=1s XDPLB_E2E_CHECK=tcp \
 	XDPLB_E2E_BIN=$(CURDIR)/bin/vm/$${XDPLB_VM:+installed} \
 	XDPLB_E2E_KEEPALIVED_CONF=$${XDPLB_VM:+/usr/share/doc/xdplb/examples/keepalived.conf}
@@ -131,11 +131,12 @@ vm-test: root vm-deps ## the kernel matrix: the .deb, packet, loader and e2e tes
 	$(GO) test -c -trimpath -o bin/vm/ ./bpf ./loader ./tests/vm/smoke ./tests/vm/install ./tests/e2e
 	$(GOBUILD) -ldflags "$(LDFLAGS)-upgraded" -o bin/vm/xdplb-upgraded ./cmd/xdplb
 	$(GOBUILD) -o bin/vm/mockapi ./tests/cmd/mockapi
+	$(GOBUILD) -o bin/vm/nosyscall ./tests/cmd/nosyscall
 	$(GOBUILD) -ldflags "$(LDFLAGS)" -o bin/vm/xdplb ./cmd/xdplb
 	GO=$(GO) packaging/deb.sh -v $(VERSION) -o bin/vm
 	GO=$(GO) GOARCH=arm64 packaging/deb.sh -v $(VERSION) -o bin/vm
 	ln -s /usr/bin/xdplb bin/vm/installed/xdplb
-	ln -s ../xdplb-upgraded ../mockapi bin/vm/installed/
+	ln -s ../xdplb-upgraded ../mockapi ../nosyscall bin/vm/installed/
 	tests/vm/matrix.sh -kernels $(VM_KERNELS) -timeout 20m -test-timeout 8m -- $(VM_TESTS)
 
 .PHONY: vm-smoke
