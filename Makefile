@@ -113,7 +113,7 @@ VM_E2E ?= TestBalance$$|TestServerProcessDies|TestRestartKeepsStreams|TestPlatfo
 VM_E2E_ENV = XDPLB_E2E_SLACK=3s XDPLB_E2E_INTER=1s XDPLB_E2E_CHECK=tcp \
 	XDPLB_E2E_BIN=$(CURDIR)/bin/vm/$${XDPLB_VM:+installed} \
 	XDPLB_E2E_KEEPALIVED_CONF=$${XDPLB_VM:+/usr/share/doc/xdplb/examples/keepalived.conf}
-VM_TESTS ?= 'XDPLB_VM_DEBS=$(CURDIR)/bin/vm bin/vm/install.test -test.v -test.count=1 -test.run TestInstall' \
+VM_TESTS ?= 'XDPLB_VM_DEBS=$(CURDIR)/bin/vm bin/vm/install.test -test.v -test.count=1 -test.run "TestVagrantLBFailsFast|TestInstall"' \
 	'cd bpf && ../bin/vm/bpf.test -test.count=1 -test.short' \
 	'cd loader && ../bin/vm/loader.test -test.count=1' \
 	'bin/vm/smoke.test -test.v -test.count=1' \

@@ -85,6 +85,83 @@ func mustRun(t *testing.T, name string, args ...string) string {
 
 func firstLine(s string) string { return strings.TrimSpace(strings.SplitN(s, "\n", 2)[0]) }
 
+// TestVagrantLBFailsFast: vagrant/lb.sh (the LB nodes' provisioning) with a
+// package for another architecture, or a package whose binary cannot run
+// here, stops at once with the real error instead of waiting for `xdplb
+// check`. /vagrant is made in the guest as Vagrant's synced folder would be.
+func TestVagrantLBFailsFast(t *testing.T) {
+	inGuest(t)
+	_, foreign := debs(t)
+	repo, _ := os.Getwd() // make vm-test runs it from the repository
+	script := filepath.Join(repo, "vagrant", "lb.sh")
+	if _, err := os.Stat(script); err != nil {
+		t.Fatalf("run from the repository: %v", err)
+	}
+	fresh := func(t *testing.T, debs ...string) {
+		t.Helper()
+		os.RemoveAll("/vagrant") // the guest's own, made below
+		mustRun(t, "mkdir", "-p", "/vagrant/vagrant")
+		mustRun(t, "cp", filepath.Join(repo, "vagrant", "common.sh"), "/vagrant/vagrant/")
+		for _, d := range debs {
+			mustRun(t, "cp", d, "/vagrant/")
+		}
+	}
+	provision := func(t *testing.T) string {
+		t.Helper()
+		start := time.Now()
+		cmd := exec.Command("bash", script)
+		cmd.Env = append(os.Environ(), "NODE_IP=10.10.10.98", "VIP=10.10.10.100", "LB_STATE=MASTER", "LB_PRIORITY=200",
+			"BACKENDS=10.10.10.50 10.10.10.51 10.10.10.52")
+		out, err := cmd.CombinedOutput()
+		if err == nil {
+			t.Fatalf("vagrant/lb.sh succeeded:\n%s", out)
+		}
+		if took := time.Since(start); took > 60*time.Second {
+			t.Errorf("vagrant/lb.sh failed only after %s", took.Round(time.Second))
+		}
+		return string(out)
+	}
+	t.Cleanup(func() {
+		run(t, "dpkg", "-P", "xdplb")
+		os.RemoveAll("/vagrant")
+	})
+
+	t.Run("only a package for another architecture", func(t *testing.T) {
+		fresh(t, foreign)
+		out := provision(t)
+		if !strings.Contains(out, "want one /vagrant/xdplb_*_amd64.deb for this amd64 node, found 0") || !strings.Contains(out, filepath.Base(foreign)) {
+			t.Errorf("lb.sh did not say what is wrong:\n%s", out)
+		}
+		report("vagrant/lb.sh, arm64 package only: %s", lastLine(out))
+	})
+
+	t.Run("a binary for another architecture", func(t *testing.T) {
+		// The arm64 package relabelled amd64: dpkg installs it, and the
+		// binary cannot run.
+		dir := t.TempDir()
+		mustRun(t, "dpkg-deb", "-R", foreign, filepath.Join(dir, "pkg"))
+		ctl := filepath.Join(dir, "pkg", "DEBIAN", "control")
+		b, err := os.ReadFile(ctl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(ctl, []byte(strings.Replace(string(b), "Architecture: arm64", "Architecture: amd64", 1)), 0o644)
+		relabelled := filepath.Join(dir, "xdplb_0.0~relabelled_amd64.deb")
+		mustRun(t, "dpkg-deb", "--root-owner-group", "-Zgzip", "-z1", "-b", filepath.Join(dir, "pkg"), relabelled)
+		fresh(t, relabelled)
+		out := provision(t)
+		if !strings.Contains(out, "the installed xdplb does not run on this node") || !strings.Contains(out, "Exec format error") {
+			t.Errorf("lb.sh did not give the real error:\n%s", out)
+		}
+		report("vagrant/lb.sh, arm64 binary: %s", lastLine(out))
+	})
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}
+
 // TestInstall: dpkg -i as the README says (apt install ./xdplb_*.deb does
 // the same with a static binary: nothing to resolve).
 func TestInstall(t *testing.T) {
@@ -176,8 +253,9 @@ func TestRemove(t *testing.T) {
 	if err := daemon.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- daemon.Wait() }()
+	exited := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = daemon.Wait(); close(exited) }()
 	t.Cleanup(func() {
 		select {
 		case <-exited:
@@ -189,8 +267,8 @@ func TestRemove(t *testing.T) {
 	deadline := time.Now().Add(60 * time.Second)
 	for !xdpAttached(t, "xrm0") {
 		select {
-		case err := <-exited:
-			t.Fatalf("xdplb run exited: %v", err)
+		case <-exited:
+			t.Fatalf("xdplb run exited: %v", waitErr)
 		default:
 		}
 		if time.Now().After(deadline) {
