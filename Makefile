@@ -110,7 +110,7 @@ demo: root demo-deps ## a live demo in network namespaces: three mock API server
 # the .deb with dpkg -i first and run the installed binary and keepalived sample.
 VM_KERNELS ?= 5.4,bullseye,bookworm
 VM_E2E ?= TestBalance$$|TestServerProcessDies|TestRestartKeepsStreams|TestPlatformFaults
-VM_E2E_ENV = XDPLB_E2E_SLACK=3s XDPLB_E2E_INTER=1s XDPLB_E2E_CHECK=tcp \
+VM_E2E_ENV = XDPLB_E2E_SLACK=6s XDPLB_E2E_INTER=1s XDPLB_E2E_CHECK=tcp \
 	XDPLB_E2E_BIN=$(CURDIR)/bin/vm/$${XDPLB_VM:+installed} \
 	XDPLB_E2E_KEEPALIVED_CONF=$${XDPLB_VM:+/usr/share/doc/xdplb/examples/keepalived.conf}
 VM_TESTS ?= 'XDPLB_VM_DEBS=$(CURDIR)/bin/vm bin/vm/install.test -test.v -test.count=1 -test.run "TestVagrantLBFailsFast|TestInstall"' \
