@@ -59,10 +59,13 @@ systemctl enable xdplb
 systemctl restart xdplb
 wait_until 180 "xdplb check (daemon up, program attached, a backend up)" /usr/bin/xdplb check
 
-# The guide's keepalived.conf as the package ships it (tracking xdplb
-# instead of haproxy), with this node's state, priority and the VIP.
+# keepalived.conf as the package ships it (track scripts `xdplb check` and
+# `xdplb check --backends` instead of a haproxy process check), with this
+# node's state, the VIP, and the guide's priorities 200/100 (the sample has
+# a tie, 100 on both; vagrant/e2e.sh checks that the VIP returns to lb-1).
 sample=/usr/share/doc/xdplb/examples/keepalived.conf
-sed -e "s/state MASTER .*/state ${LB_STATE}/" -e "s/priority 200 .*/priority ${LB_PRIORITY}/" \
+sed -e "s/^\([[:space:]]*\)state [A-Z][A-Z]*.*/\1state ${LB_STATE}/" \
+	-e "s/^\([[:space:]]*\)priority [0-9][0-9]*.*/\1priority ${LB_PRIORITY}/" \
 	-e "s|10\.10\.10\.100/24|${VIP}/24|" "$sample" >/etc/keepalived/keepalived.conf.new
 for want in "state ${LB_STATE}" "priority ${LB_PRIORITY}" "${VIP}/24" 'script "/usr/bin/xdplb check'; do
 	grep -qF "$want" /etc/keepalived/keepalived.conf.new || die "$sample changed: could not set '$want' in it"
