@@ -3,6 +3,7 @@ package loader
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -68,6 +69,31 @@ func TestProbe(t *testing.T) {
 		fb = "none"
 	}
 	fmt.Printf("REPORT: probe: fallbacks: %s\n", fb)
+
+	// The data path itself, as this kernel's verifier takes it (loaded,
+	// not attached): its size after the verifier's rewrites, and the
+	// instructions the verifier processed (5.16+ reports them).
+	spec, err := bpf.LoadSpec(bpf.Config{Frontend: netip.MustParseAddrPort("10.10.10.100:6443"), SNATLo: 20000, SNATHi: 29999})
+	if err != nil {
+		t.Fatal(err)
+	}
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
+		t.Fatalf("load the data path: %v", err)
+	}
+	defer coll.Close()
+	for _, h := range bpf.Hooks {
+		info, err := coll.Programs[h.Prog()].Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		insns, _ := info.Instructions()
+		verified := "not reported (5.16+)"
+		if n, ok := info.VerifiedInstructions(); ok {
+			verified = fmt.Sprint(n)
+		}
+		fmt.Printf("REPORT: probe: data path %s: %d instructions after the verifier, %s processed by it\n", h.Prog(), len(insns), verified)
+	}
 }
 
 // What the daemon says for kernels without a piece: the missing piece and
