@@ -11,6 +11,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -60,6 +61,11 @@ func Probe() Features {
 		XDPLink: errNotProbed, Clsact: errNotProbed, ClsBPF: errNotProbed, TCX: errNotProbed,
 		MapBatch: errNotProbed, CoarseClock: errNotProbed}
 	if f.BPF = probeBPFSyscall(); f.BPF != nil {
+		return f
+	}
+	// As Start does, before any BPF object is made (see there).
+	if err := rlimit.RemoveMemlock(); err != nil {
+		f.BPF = fmt.Errorf("raise memlock rlimit: %w", err)
 		return f
 	}
 	xdp, err := trivialProgram(ebpf.XDP, 2) // XDP_PASS
