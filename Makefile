@@ -108,13 +108,17 @@ demo: root demo-deps ## a live demo in network namespaces: three mock API server
 # The host kernel runs the whole suite in `make test` itself. The guests boot
 # Debian bullseye's userland (glibc 2.31, Ubuntu 20.04's generation), install
 # the .deb with dpkg -i first and run the installed binary and keepalived sample.
+# The packet tests run without Go's preemption signals: before 5.10 a signal
+# during BPF_PROG_TEST_RUN makes the kernel return EINTR after running the
+# program, without its verdict and output, and cilium/ebpf counts that as a
+# run (verdict 0, XDP_ABORTED): 1 run in 4 failed so on 5.4.
 VM_KERNELS ?= 5.4,bullseye,bookworm
 VM_E2E ?= TestBalance$$|TestServerProcessDies|TestRestartKeepsStreams|TestPlatformFaults
 VM_E2E_ENV = XDPLB_E2E_SLACK=6s XDPLB_E2E_INTER=1s XDPLB_E2E_CHECK=tcp \
 	XDPLB_E2E_BIN=$(CURDIR)/bin/vm/$${XDPLB_VM:+installed} \
 	XDPLB_E2E_KEEPALIVED_CONF=$${XDPLB_VM:+/usr/share/doc/xdplb/examples/keepalived.conf}
 VM_TESTS ?= 'XDPLB_VM_DEBS=$(CURDIR)/bin/vm bin/vm/install.test -test.v -test.count=1 -test.run "TestVagrantLBFailsFast|TestInstall"' \
-	'cd bpf && ../bin/vm/bpf.test -test.count=1 -test.short' \
+	'cd bpf && GODEBUG=asyncpreemptoff=1 ../bin/vm/bpf.test -test.count=1 -test.short' \
 	'cd loader && ../bin/vm/loader.test -test.count=1' \
 	'bin/vm/smoke.test -test.v -test.count=1' \
 	'cd tests/e2e && $(VM_E2E_ENV) ../../bin/vm/e2e.test -test.count=1 -test.v -test.run "$(VM_E2E)"' \
