@@ -148,7 +148,11 @@ func (f Features) Fallbacks() []string {
 		}
 	}
 	add(f.XDPLink, "no bpf_link for XDP (5.9+): attach through netlink")
-	add(f.TCX, "no tcx (6.6+): the TC hook uses clsact")
+	if real := func(err error) bool { return err != nil && !errors.Is(err, errNotProbed) }; real(f.TCX) && (real(f.Clsact) || real(f.ClsBPF)) {
+		out = append(out, "no tcx (6.6+) and no clsact with cls_bpf: --hook tc cannot run here")
+	} else {
+		add(f.TCX, "no tcx (6.6+): the TC hook uses clsact")
+	}
 	add(f.MapBatch, "no map batch operations (5.6+): the Maglev table is written slot by slot")
 	add(f.CoarseClock, "no bpf_ktime_get_coarse_ns (5.11+): the data path reads bpf_ktime_get_ns")
 	if f.Scratch != nil {

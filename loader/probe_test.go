@@ -120,6 +120,12 @@ func TestRequire(t *testing.T) {
 			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
 		}
 	}
+	// Neither tcx nor clsact: the start line says the TC hook cannot run.
+	none := ok
+	none.TCX, none.Clsact = ebpf.ErrNotSupported, unix.ENOENT
+	if fb := none.Fallbacks(); len(fb) != 1 || !strings.Contains(fb[0], "--hook tc cannot run here") {
+		t.Errorf("no tcx, no clsact: fallbacks %q", fb)
+	}
 	// No clsact is fine where tcx works, and for the XDP hook.
 	noClsact := ok
 	noClsact.Clsact = unix.ENOENT
