@@ -107,7 +107,9 @@ demo: root demo-deps ## a live demo in network namespaces: three mock API server
 
 # The host kernel runs the whole suite in `make test` itself. The guests boot
 # Debian bullseye's userland (glibc 2.31, Ubuntu 20.04's generation), install
-# the .deb with dpkg -i first and run the installed binary and keepalived sample.
+# the .deb with dpkg -i first and run the installed binary, its configuration and
+# keepalived with its sample (one node: a two-node failover's timing under TCG
+# is too noisy to assert; the host's e2e suite asserts it).
 # The packet tests run without Go's preemption signals: before 5.10 a signal
 # during BPF_PROG_TEST_RUN makes the kernel return EINTR after running the
 # program, without its verdict and output, and cilium/ebpf counts that as a
@@ -122,8 +124,7 @@ VM_TESTS ?= 'XDPLB_VM_DEBS=$(CURDIR)/bin/vm bin/vm/install.test -test.v -test.co
 	'cd loader && ../bin/vm/loader.test -test.count=1' \
 	'bin/vm/smoke.test -test.v -test.count=1' \
 	'cd tests/e2e && $(VM_E2E_ENV) ../../bin/vm/e2e.test -test.count=1 -test.v -test.run "$(VM_E2E)"' \
-	'cd tests/e2e && $(VM_E2E_ENV) ../../bin/vm/e2e.test -test.count=1 -test.v -test.run "TestKeepalivedFailover/xdp-native$$"' \
-	'bin/vm/install.test -test.v -test.count=1 -test.run TestRemove'
+	'bin/vm/install.test -test.v -test.count=1 -test.run "TestKeepalivedTracksXdplb|TestRemove"'
 
 .PHONY: vm-deps
 vm-deps: ## install qemu, busybox-static, kmod, xz-utils, zstd for the kernel matrix (root, Debian 12)

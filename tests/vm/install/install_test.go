@@ -12,6 +12,7 @@
 package install
 
 import (
+	"bytes"
 	"context"
 	"debug/elf"
 	"encoding/json"
@@ -21,6 +22,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -219,6 +221,106 @@ func TestInstall(t *testing.T) {
 	report("%s accepted by %s", conf, firstLine(mustRun(t, "keepalived", "--version")))
 }
 
+// TestKeepalivedTracksXdplb: the release's keepalived with the package's
+// sample configuration, as the README installs it, and the package's
+// daemon with the package's /etc/xdplb/xdplb.yaml, on this guest's eth1
+// (lb-1's address): keepalived takes the VIP once `xdplb check` passes,
+// gives it up when the daemon dies, and takes it again when the daemon is
+// back. Alone, with generous bounds: the timing of a failover between two
+// nodes is the host's end-to-end suite's (TestKeepalivedFailover).
+func TestKeepalivedTracksXdplb(t *testing.T) {
+	inGuest(t)
+	if _, err := os.Stat("/usr/bin/xdplb"); err != nil {
+		t.Fatal("xdplb is not installed (TestInstall runs first)")
+	}
+	eth1 := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth1"}, PeerName: "eth1p"}
+	if err := netlink.LinkAdd(eth1); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { netlink.LinkDel(eth1) })
+	for _, name := range []string{"eth1", "eth1p"} {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		netlink.LinkSetUp(l)
+		if name == "eth1" {
+			addr, _ := netlink.ParseAddr("10.10.10.98/24")
+			if err := netlink.AddrAdd(l, addr); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	mustRun(t, "cp", "/usr/share/doc/xdplb/examples/keepalived.conf", "/etc/keepalived/keepalived.conf")
+	dir := t.TempDir()
+
+	var logs syncBuffer // the daemons' output, shown if the test fails
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("xdplb and keepalived said:\n%s", logs.String())
+		}
+	})
+	start := func(name string, args ...string) (stop func()) {
+		t.Helper()
+		cmd := exec.Command(name, args...)
+		cmd.Stdout, cmd.Stderr = &logs, &logs
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		stopped := false
+		stop = func() {
+			if stopped {
+				return
+			}
+			stopped = true
+			syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
+			<-done
+		}
+		t.Cleanup(stop)
+		return stop
+	}
+	hasVIP := func() bool {
+		l, err := netlink.LinkByName("eth1")
+		if err != nil {
+			return false
+		}
+		addrs, _ := netlink.AddrList(l, netlink.FAMILY_V4)
+		for _, a := range addrs {
+			if a.IP.String() == "10.10.10.100" {
+				return true
+			}
+		}
+		return false
+	}
+	waitVIP := func(want bool, limit time.Duration, what string) time.Duration {
+		t.Helper()
+		begin := time.Now()
+		for hasVIP() != want {
+			if time.Since(begin) > limit {
+				t.Fatalf("%s: VIP on eth1 = %v after %s, want %v", what, !want, limit, want)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		return time.Since(begin)
+	}
+
+	// The packaged configuration, as is: eth1, the VIP, the guide's backends.
+	daemon := start("/usr/bin/xdplb", "run")
+	t.Cleanup(func() { run(t, "/usr/bin/xdplb", "detach") })
+	start("keepalived", "--dont-fork", "--log-console", "--vrrp", "--use-file", "/etc/keepalived/keepalived.conf",
+		"--pid", dir+"/keepalived.pid", "--vrrp_pid", dir+"/vrrp.pid", "--checkers_pid", dir+"/checkers.pid")
+	took := waitVIP(true, 90*time.Second, "keepalived with xdplb up")
+	report("keepalived %s with the package's sample: VIP on eth1 %s after start", firstLine(mustRun(t, "keepalived", "--version")), took.Round(time.Millisecond))
+	daemon()
+	took = waitVIP(false, 60*time.Second, "xdplb killed")
+	report("xdplb killed: keepalived gave up the VIP after %s", took.Round(time.Millisecond))
+	start("/usr/bin/xdplb", "run")
+	took = waitVIP(true, 90*time.Second, "xdplb back")
+	report("xdplb back: VIP on eth1 again after %s", took.Round(time.Millisecond))
+}
+
 // TestRemove: dpkg -r stops a running daemon and detaches its program
 // (prerm), keeps the conffile; dpkg -P then removes it.
 func TestRemove(t *testing.T) {
@@ -320,4 +422,22 @@ func xdpAttached(t *testing.T, name string) bool {
 	}
 	x := l.Attrs().Xdp
 	return x != nil && x.Attached
+}
+
+// syncBuffer is a bytes.Buffer several processes' output goes to.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
