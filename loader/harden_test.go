@@ -148,32 +148,42 @@ func TestRecreatedInterface(t *testing.T) {
 }
 
 // TestMovedInstanceRefused: a start naming another interface than the one
-// the instance is attached to is refused, and the instance left alone.
+// the instance is attached to is refused, and the instance left alone:
+// through a pinned link, and through netlink (5.4, --no-bpf-link), where
+// no link says where the instance is.
 func TestMovedInstanceRefused(t *testing.T) {
-	var errs collect
-	inNetns(t, func(bpffs string) {
-		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth2"}, PeerName: "peer2"}); err != nil {
-			errs.fail("add eth2: %v", err)
-			return
-		}
-		opts := testOptions(bpffs, bpf.HookXDP, bpf.XDPGeneric)
-		inst, err := Start(opts)
-		if err != nil {
-			errs.fail("start: %v", err)
-			return
-		}
-		inst.Close()
-		defer Detach(bpffs, opts.Instance)
-		moved := opts
-		moved.Iface = "eth2"
-		if _, err := Start(moved); err == nil || !strings.Contains(err.Error(), "is attached to eth1, not eth2") {
-			errs.fail("start on eth2: %v", err)
-		}
-		if att, err := Attached(bpffs, opts.Instance); err != nil || att.Iface != "eth1" || att.ProgID != inst.Attachment.ProgID {
-			errs.fail("the refused move disturbed the instance: %+v %v", att, err)
-		}
-	})
-	errs.report(t)
+	for _, noLink := range []bool{false, true} {
+		t.Run(fmt.Sprintf("nolink=%v", noLink), func(t *testing.T) {
+			var errs collect
+			inNetns(t, func(bpffs string) {
+				if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth2"}, PeerName: "peer2"}); err != nil {
+					errs.fail("add eth2: %v", err)
+					return
+				}
+				opts := testOptions(bpffs, bpf.HookXDP, bpf.XDPGeneric)
+				opts.NoLink = noLink
+				inst, err := Start(opts)
+				if err != nil {
+					errs.fail("start: %v", err)
+					return
+				}
+				inst.Close()
+				defer Detach(bpffs, opts.Instance)
+				moved := opts
+				moved.Iface = "eth2"
+				if _, err := Start(moved); err == nil || !strings.Contains(err.Error(), "is attached to eth1, not eth2") {
+					errs.fail("start on eth2: %v", err)
+				}
+				if att, err := Attached(bpffs, opts.Instance); err != nil || att.Iface != "eth1" || att.ProgID != inst.Attachment.ProgID {
+					errs.fail("the refused move disturbed the instance: %+v %v", att, err)
+				}
+				if l, err := netlink.LinkByName("eth2"); err == nil && l.Attrs().Xdp != nil && l.Attrs().Xdp.Attached {
+					errs.fail("eth2 runs a program after the refused move")
+				}
+			})
+			errs.report(t)
+		})
+	}
 }
 
 // TestOrphanTakenOver (issue 10 §11): the instance's program on the

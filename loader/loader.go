@@ -127,12 +127,16 @@ func Start(opts Options) (_ *Instance, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// Before any BPF call (LoadSpec probes the clock helper): on kernels
+	// before 5.11 BPF memory counts against RLIMIT_MEMLOCK (64 KiB for root
+	// on Ubuntu 20.04), and cilium/ebpf remembers a probe that failed for
+	// lack of it (object names then go unset for the whole process).
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("raise memlock rlimit: %w", err)
+	}
 	spec, err := bpf.LoadSpec(opts.Data)
 	if err != nil {
 		return nil, err
-	}
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, fmt.Errorf("raise memlock rlimit: %w", err)
 	}
 	if err := ensureBPFFS(opts.BPFFS); err != nil {
 		return nil, err
@@ -154,6 +158,9 @@ func Start(opts Options) (_ *Instance, err error) {
 			return nil, err
 		}
 		if err := checkHookConflict(dir, opts.Hook); err != nil {
+			return nil, err
+		}
+		if err := checkNotMoved(opts, iface); err != nil {
 			return nil, err
 		}
 		if err := checkTableSize(dir, spec, opts); err != nil {
@@ -391,7 +398,7 @@ func loadError(err error, dir string, opts Options) error {
 // the pinned one: a hash map cannot be resized in place, and a start that
 // made a new one would drop every tracked connection.
 func checkTableSize(dir string, spec *ebpf.CollectionSpec, opts Options) error {
-	name := bpf.TableEstablished.String()
+	name := bpf.TableEstablished.MapName()
 	ms, ok := spec.Maps[name]
 	if !ok {
 		return nil

@@ -27,7 +27,7 @@ func recognized(dir string, hook bpf.Hook, id ebpf.ProgramID) bool {
 	if id == 0 {
 		return false
 	}
-	flows, err := pinnedMapID(filepath.Join(dir, bpf.TableEstablished.String()))
+	flows, err := pinnedMapID(filepath.Join(dir, bpf.TableEstablished.MapName()))
 	if err != nil || flows == 0 {
 		return false
 	}
@@ -123,6 +123,20 @@ func pinnedLinkFor(path string, iface netlink.Link, instance string, log *slog.L
 		return nil, fmt.Errorf("instance %q is attached to %s, not %s: run `xdplb detach --instance %s` before moving it to another interface",
 			instance, name, iface.Attrs().Name, instance)
 	}
+}
+
+// checkNotMoved refuses a start on another interface than the one the
+// instance's pinned program is attached to. pinnedLinkFor sees this from a
+// pinned link; an instance attached through netlink (Linux 5.4, or
+// --no-bpf-link) has none, and without this check a start would attach a
+// second copy to the new interface and leave the first one orphaned.
+func checkNotMoved(opts Options, iface netlink.Link) error {
+	att, err := Attached(opts.BPFFS, opts.Instance)
+	if err != nil || att.Ifindex == 0 || att.Ifindex == iface.Attrs().Index {
+		return nil // attached nowhere (yet, or any more), or here
+	}
+	return fmt.Errorf("instance %q is attached to %s, not %s: run `xdplb detach --instance %s` before moving it to another interface",
+		opts.Instance, att.Iface, iface.Attrs().Name, opts.Instance)
 }
 
 // mapsByName lists an instance's maps under the names they are pinned by

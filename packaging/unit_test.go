@@ -75,9 +75,9 @@ func TestUnitAsIssued(t *testing.T) {
 	want := map[string]string{
 		"Type": "notify", "NotifyAccess": "main", "RestartPreventExitStatus": "2", "ProtectSystem": "strict",
 		"ProtectHome": "yes", "PrivateTmp": "yes", "SystemCallArchitectures": "native", "NoNewPrivileges": "yes",
-		"ExecStartPre": "/usr/local/bin/xdplb config check --config /etc/xdplb/xdplb.yaml --quiet",
-		"ExecReload":   "/usr/local/bin/xdplb reload --config /etc/xdplb/xdplb.yaml",
-		"ExecStart":    "/usr/local/bin/xdplb run --config /etc/xdplb/xdplb.yaml",
+		"ExecStartPre": "/usr/bin/xdplb config check --config /etc/xdplb/xdplb.yaml --quiet",
+		"ExecReload":   "/usr/bin/xdplb reload --config /etc/xdplb/xdplb.yaml",
+		"ExecStart":    "/usr/bin/xdplb run --config /etc/xdplb/xdplb.yaml",
 	}
 	for k, v := range want {
 		if keys[k] != v {
@@ -121,7 +121,7 @@ func installUnit(t *testing.T) (dir string, env []string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "xdplb.service"), []byte(strings.ReplaceAll(string(unit), "/usr/local/bin/xdplb", bin)), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "xdplb.service"), []byte(strings.ReplaceAll(string(unit), "/usr/bin/xdplb", bin)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	man, err := exec.Command(bin, "man").Output()

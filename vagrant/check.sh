@@ -21,8 +21,8 @@ if ((${#missing[@]} > 0)); then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-echo "shellcheck: vagrant/*.sh tests/vm/*.sh"
-shellcheck -x vagrant/*.sh tests/vm/*.sh
+echo "shellcheck: vagrant/*.sh tests/vm/*.sh packaging/*.sh packaging/deb/{postinst,prerm,postrm}"
+shellcheck -x vagrant/*.sh tests/vm/*.sh packaging/*.sh packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm
 
 echo "ruby -c Vagrantfile"
 ruby -c Vagrantfile >/dev/null

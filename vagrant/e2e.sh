@@ -74,7 +74,7 @@ kubectl_n_times() {
 	done
 }
 
-status_lb() { vssh "$1" "sudo /usr/local/bin/xdplb status"; }
+status_lb() { vssh "$1" "sudo /usr/bin/xdplb status"; }
 
 # backend_is LB ADDR STATE: LB's `xdplb status` has ADDR on a line with the
 # word STATE (UP or DOWN) and, for UP, not DOWN.

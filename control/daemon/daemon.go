@@ -169,6 +169,9 @@ func Run(ctx context.Context, cfg config.Config, opts Options) error {
 	if os.Geteuid() != 0 {
 		return errors.New("xdplb run needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN): run it with sudo")
 	}
+	if err := loader.CheckKernel(cfg.Hook, log); err != nil {
+		return err
+	}
 	fdLimit := raiseFileLimit(log)
 	node, err := examineNode(cfg)
 	if err != nil {

@@ -12,21 +12,26 @@ import (
 	"github.com/xdplb/xdplb/tests/testnet"
 )
 
-// keepalivedConf renders the repo's sample packaging/keepalived.conf for
-// one LB of this test: its state, and track scripts that check this LB's
-// own xdplb instance (never a process name: every namespace shares one
-// PID namespace).
+// keepalivedConf renders the repo's sample packaging/keepalived.conf (or
+// the one $XDPLB_E2E_KEEPALIVED_CONF names: the VM matrix gives the one
+// the .deb installed) for one LB of this test: its state, and track
+// scripts that check this LB's own xdplb instance (never a process name:
+// every namespace shares one PID namespace).
 func keepalivedConf(t *testing.T, c *cluster, lb *testnet.Host, master bool) string {
 	t.Helper()
-	sample, err := os.ReadFile("../../packaging/keepalived.conf")
+	file := "../../packaging/keepalived.conf"
+	if f := os.Getenv("XDPLB_E2E_KEEPALIVED_CONF"); f != "" {
+		file = f
+	}
+	sample, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
 	conf := string(sample)
 	in := c.lbs[lb]
 	for _, script := range []struct{ sample, args string }{
-		{`script "/usr/local/bin/xdplb check --quiet"`, "check --quiet"},
-		{`script "/usr/local/bin/xdplb check --backends --quiet"`, "check --backends --quiet"},
+		{`script "/usr/bin/xdplb check --quiet"`, "check --quiet"},
+		{`script "/usr/bin/xdplb check --backends --quiet"`, "check --backends --quiet"},
 	} {
 		line := fmt.Sprintf("script %q", fmt.Sprintf("%s %s --instance %s --bpffs %s", in.Bin, script.args, in.Name, in.BPFFS))
 		if !strings.Contains(conf, script.sample) {

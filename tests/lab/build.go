@@ -138,6 +138,7 @@ func goBuild(ctx context.Context, tool Tool) (string, error) {
 	}
 	out := filepath.Join(dir, tool.Name)
 	cmd := exec.CommandContext(ctx, goBin, buildArgs(tool, out)...)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as the Makefile builds
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("lab: go build %s (run from inside the xdplb module): %w\n%s", tool.Pkg, err, b)
 	}
@@ -145,7 +146,7 @@ func goBuild(ctx context.Context, tool Tool) (string, error) {
 }
 
 func buildArgs(tool Tool, out string) []string {
-	args := []string{"build", "-o", out}
+	args := []string{"build", "-trimpath", "-o", out}
 	if tool.LDFlags != "" {
 		args = append(args, "-ldflags", tool.LDFlags)
 	}

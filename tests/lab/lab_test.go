@@ -2,6 +2,7 @@ package lab
 
 import (
 	"context"
+	"debug/elf"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -158,11 +159,11 @@ func TestPKINames(t *testing.T) {
 
 func TestBuildArgs(t *testing.T) {
 	got := buildArgs(XDPLB, "/o/xdplb")
-	want := []string{"build", "-o", "/o/xdplb", "-ldflags", "-X github.com/xdplb/xdplb/control/daemon.Version=lab-1", "github.com/xdplb/xdplb/cmd/xdplb"}
+	want := []string{"build", "-trimpath", "-o", "/o/xdplb", "-ldflags", "-X github.com/xdplb/xdplb/control/daemon.Version=lab-1", "github.com/xdplb/xdplb/cmd/xdplb"}
 	if !slices.Equal(got, want) {
 		t.Errorf("buildArgs(XDPLB) = %q, want %q", got, want)
 	}
-	if got := buildArgs(MockAPI, "/o/mockapi"); !slices.Equal(got, []string{"build", "-o", "/o/mockapi", "github.com/xdplb/xdplb/tests/cmd/mockapi"}) {
+	if got := buildArgs(MockAPI, "/o/mockapi"); !slices.Equal(got, []string{"build", "-trimpath", "-o", "/o/mockapi", "github.com/xdplb/xdplb/tests/cmd/mockapi"}) {
 		t.Errorf("buildArgs(MockAPI) = %q", got)
 	}
 	if XDPLB.LDFlags == XDPLBUpgraded.LDFlags || XDPLB.Pkg != XDPLBUpgraded.Pkg {
@@ -203,6 +204,7 @@ func TestBuildOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	assertStatic(t, first)
 	time.Sleep(10 * time.Millisecond)
 	if again := MustBuild(t, MockAPI); again != first {
 		t.Fatalf("second Build: %s, first %s", again, first)
@@ -215,5 +217,25 @@ func TestBuildOnce(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Dir(first)); !os.IsNotExist(err) {
 		t.Fatalf("build directory left after RemoveBinaries: %v", err)
+	}
+}
+
+// assertStatic fails unless file is an ELF executable with no program
+// interpreter and no dynamic section: it runs on any libc (the VM
+// matrix's guests run Debian 11's glibc 2.31).
+func assertStatic(t *testing.T, file string) {
+	t.Helper()
+	f, err := elf.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP || p.Type == elf.PT_DYNAMIC {
+			t.Errorf("%s has a %v program header: dynamically linked (built with cgo?)", file, p.Type)
+		}
+	}
+	if f.Section(".dynamic") != nil || f.Section(".interp") != nil {
+		t.Errorf("%s has a .dynamic or .interp section", file)
 	}
 }

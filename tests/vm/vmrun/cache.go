@@ -52,11 +52,13 @@ func (c *cache) lock() (unlock func(), err error) {
 	return func() { f.Close() }, nil
 }
 
-// resolve turns a kernel spec into an unpacked kernel: a .deb file is
-// unpacked (again) every time; a Debian release is served from the cache
-// unless refresh asks the archive for a newer kernel; a release or package
-// name is served from the cache, or else looked for in every release's
-// archive.
+// resolve turns a kernel spec into an unpacked kernel: a .deb file (or a
+// series of the kernels beside the repository, see shared.go) is served
+// from the cache when the same package and version are there, and unpacked
+// otherwise or when refresh asks; a Debian release is served from the
+// cache unless refresh asks the archive for a newer kernel; a release or
+// package name is served from the cache, or else looked for in every
+// release's archive.
 func (c *cache) resolve(ctx context.Context, spec string, refresh bool) (*Kernel, error) {
 	unlock, err := c.lock()
 	if err != nil {
@@ -64,7 +66,22 @@ func (c *cache) resolve(ctx context.Context, spec string, refresh bool) (*Kernel
 	}
 	defer unlock()
 
+	if series, ok := sharedSeries(spec); ok {
+		file, err := sharedKernelDeb(series)
+		if err != nil {
+			return nil, err
+		}
+		spec = file
+	}
 	if strings.HasSuffix(spec, ".deb") {
+		if !refresh {
+			pkg, version := debIdentity(spec)
+			for _, k := range c.kernels() {
+				if k.Dist == "" && k.Package == pkg && k.Version == version && version != "" {
+					return k, nil
+				}
+			}
+		}
 		return c.add(spec, "", "", "")
 	}
 	if d, ok := findDist(spec); ok {

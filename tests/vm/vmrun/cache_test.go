@@ -104,13 +104,30 @@ func TestCacheAddDeb(t *testing.T) {
 		t.Errorf("the named .deb is gone: %v", err)
 	}
 
-	// A .deb is unpacked again each time, replacing the kernel.
-	k2, err := c.resolve(context.Background(), deb, false)
+	// The same package again comes from the cache; -refresh unpacks it
+	// again, replacing the kernel.
+	again, err := c.resolve(context.Background(), deb, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !again.FetchedAt.Equal(k.FetchedAt) || again.Dir != k.Dir {
+		t.Errorf("second resolve: %+v, want the cached %+v", again, k)
+	}
+	k2, err := c.resolve(context.Background(), deb, true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !k2.FetchedAt.After(k.FetchedAt) || k2.Dir != k.Dir {
-		t.Errorf("second resolve: %+v, want a fresh unpack into %s", k2, k.Dir)
+		t.Errorf("resolve with refresh: %+v, want a fresh unpack into %s", k2, k.Dir)
+	}
+	// Another version of the package is unpacked over it.
+	newer := buildKernelDeb(t, rel, "1.2.3-2", map[string]string{"boot/vmlinuz-" + rel: "MZ", mods + "modules.builtin": ""})
+	k3, err := c.resolve(context.Background(), newer, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k3.Version != "1.2.3-2" || k3.Dir != k.Dir {
+		t.Errorf("resolve of version 1.2.3-2: %+v", k3)
 	}
 }
 

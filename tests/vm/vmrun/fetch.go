@@ -29,3 +29,25 @@ func cmdFetch(ctx context.Context, e *env, args []string) error {
 	}
 	return nil
 }
+
+// cmdUserland is "vmrun userland [-refresh] [RELEASE]": it brings the root
+// file system guests boot into the cache (see userland.go) and prints where
+// it is.
+func cmdUserland(ctx context.Context, e *env, args []string) error {
+	fs := flag.NewFlagSet("userland", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	refresh := fs.Bool("refresh", false, "ask the archive for newer packages even if a userland is cached")
+	if err := fs.Parse(args); err != nil || fs.NArg() > 1 {
+		return &exitError{code: exitUsage, err: errors.New("usage: vmrun userland [-refresh] [RELEASE]")}
+	}
+	spec := defaultUserland
+	if fs.NArg() == 1 {
+		spec = fs.Arg(0)
+	}
+	u, err := (&cache{env: e}).userland(ctx, spec, *refresh)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "%s\t%s\t%d packages\t%s\n", u.Dist, u.ID, len(u.Packages), u.Root())
+	return nil
+}

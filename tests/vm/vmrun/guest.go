@@ -14,7 +14,7 @@ import (
 // their own; the host finds them anywhere in a line since kernel messages may
 // share it. The guest scripts spell them with $XDPLB_VM_NONCE.
 type markers struct {
-	nonce, ready, exit, begin, end string
+	nonce, ready, exit, begin, end, userland string
 }
 
 func newMarkers() markers {
@@ -22,12 +22,22 @@ func newMarkers() markers {
 	rand.Read(b)
 	n := hex.EncodeToString(b)
 	return markers{nonce: n, ready: "XDPLB-VM-READY-" + n, exit: "XDPLB-VM-EXIT-" + n + "=",
-		begin: "XDPLB-VM-BEGIN-" + n + " ", end: "XDPLB-VM-END-" + n + " "}
+		begin: "XDPLB-VM-BEGIN-" + n + " ", end: "XDPLB-VM-END-" + n + " ", userland: "XDPLB-VM-USERLAND-" + n + " "}
 }
 
+// 9p mount tags of the guest's shares (see qemuArgs).
+const (
+	tagHostRoot = "hostroot" // the host's /, in host-userland mode
+	tagUserland = "userland" // a Userland's root, otherwise
+	tagWork     = "work"     // the current directory, with a userland
+	tagModules  = "modules"  // the kernel's modules, with a userland
+)
+
 // initScript is PID 1 in the initramfs (busybox sh): load the modules for
-// 9p, mount the host's root read-only with a tmpfs overlay, mount the
-// pseudo file systems in it, and switch to it to run stage2.sh.
+// 9p, mount the root file system (a userland from the cache, or the host's
+// root) read-only with a tmpfs overlay, and with a userland the current
+// directory (overlaid too) and the kernel's modules; mount the pseudo file
+// systems in it, and switch to it to run stage2.sh.
 const initScript = `#!/bin/sh
 # PID 1 of an xdplb test VM; written by tests/vm/vmrun.
 export PATH=/bin
@@ -48,11 +58,12 @@ while read -r m; do
 	insmod "/modules/$m" || say "insmod $m failed"
 done </modules/order
 say "modules loaded at $(cut -d' ' -f1 /proc/uptime)"
-mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot /lower ||
-	die "cannot mount the host's root over 9p"
+P9=trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose
+mount -t 9p -o $P9 "$XDPLB_VM_ROOT_TAG" /lower ||
+	die "cannot mount the root file system ($XDPLB_VM_ROOT_TAG) over 9p"
 mount -t tmpfs -o mode=0755,size=60% rw /rw
 mkdir -p /rw/upper /rw/work
-say "host root mounted at $(cut -d' ' -f1 /proc/uptime)"
+say "root ($XDPLB_VM_ROOT_TAG) mounted at $(cut -d' ' -f1 /proc/uptime)"
 R=/newroot
 if ! mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay $R; then
 	say "overlayfs failed: read-only root with tmpfs on /tmp and /var"
@@ -72,7 +83,16 @@ mount -t debugfs debugfs $R/sys/kernel/debug || say "no debugfs"
 [ -d $R/sys/kernel/tracing ] && mount -t tracefs tracefs $R/sys/kernel/tracing 2>/dev/null
 mount -t cgroup2 cgroup2 $R/sys/fs/cgroup 2>/dev/null
 KVER=$(uname -r)
-if [ -d "$R$XDPLB_VM_MODDIR" ]; then
+if [ -n "$XDPLB_VM_WORK" ]; then
+	mkdir -p /worklower /rw/workupper /rw/workwork "$R$XDPLB_VM_WORK"
+	mount -t 9p -o $P9 work /worklower || die "cannot mount the work directory over 9p"
+	mount -t overlay -o lowerdir=/worklower,upperdir=/rw/workupper,workdir=/rw/workwork overlay "$R$XDPLB_VM_WORK" ||
+		die "cannot mount an overlay on the work directory"
+fi
+if [ -n "$XDPLB_VM_MODULES_TAG" ]; then
+	mkdir -p "$R/lib/modules/$KVER"
+	mount -t 9p -o $P9 "$XDPLB_VM_MODULES_TAG" "$R/lib/modules/$KVER" || die "cannot mount the kernel's modules over 9p"
+elif [ -d "$R$XDPLB_VM_MODDIR" ]; then
 	mkdir -p "$R/lib/modules/$KVER" && mount --bind "$R$XDPLB_VM_MODDIR" "$R/lib/modules/$KVER"
 fi
 if [ ! -x $R/sbin/modprobe ] && [ -x "$R$XDPLB_VM_BUSYBOX" ]; then
@@ -88,8 +108,9 @@ cp /xdplb-vm/* $R/run/xdplb-vm/
 exec switch_root $R /bin/sh /run/xdplb-vm/stage2.sh
 `
 
-// stage2Script runs as PID 1 on the host's root (with the host's /bin/sh):
-// it runs the command and prints its exit code, then powers off.
+// stage2Script runs as PID 1 on the guest's root (with its /bin/sh): it
+// names the userland (the first line of ldd --version), runs the command and
+// prints its exit code, then powers off.
 const stage2Script = `#!/bin/sh
 # Runs the command of an xdplb test VM; written by tests/vm/vmrun.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -97,6 +118,7 @@ export HOME=/root TERM=dumb LANG=C.UTF-8 XDPLB_VM=1 XDPLB_VM_BPFFS=/sys/fs/bpf
 . /run/xdplb-vm/env
 cd "$XDPLB_VM_CWD" 2>/dev/null || cd /
 exec </dev/null
+echo "XDPLB-VM-USERLAND-${XDPLB_VM_NONCE} $( (ldd --version 2>&1 || echo "no ldd") | head -n 1)"
 echo "XDPLB-VM-READY-${XDPLB_VM_NONCE} $(uname -r) $(cut -d' ' -f1 /proc/uptime)"
 if [ -x /bin/bash ]; then
 	/bin/bash /run/xdplb-vm/cmd.sh

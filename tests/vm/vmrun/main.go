@@ -68,6 +68,8 @@ func vmrun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdRun(ctx, env, args[1:])
 	case "matrix":
 		err = cmdMatrix(ctx, env, args[1:])
+	case "userland":
+		err = cmdUserland(ctx, env, args[1:])
 	case "accel":
 		err = cmdAccel(env)
 	case "-h", "-help", "--help", "help":

@@ -34,14 +34,17 @@ func (t *testResult) passed() bool { return t.ran && t.rc == 0 }
 
 // kernelReport is one kernel's row of the matrix.
 type kernelReport struct {
-	spec    string
-	kernel  string // release and package
-	accel   string // kvm or tcg; native on the host
-	boot    time.Duration
-	total   time.Duration
-	logPath string
-	err     error // the kernel could not be fetched or booted
-	tests   []*testResult
+	spec   string
+	kernel string // release and package
+	accel  string // kvm or tcg; native on the host
+	// userland names the guest's root file system and its libc (the
+	// first line of ldd --version).
+	userland string
+	boot     time.Duration
+	total    time.Duration
+	logPath  string
+	err      error // the kernel could not be fetched or booted
+	tests    []*testResult
 }
 
 func cmdMatrix(ctx context.Context, e *env, args []string) error {
@@ -153,6 +156,13 @@ func runVM(ctx context.Context, c *cache, kr *kernelReport, cwd string, vf *vmFl
 		return
 	}
 	kr.kernel = k.String()
+	u, release, err := c.useUserland(ctx, vf.userland, false)
+	if err != nil {
+		kr.err = err
+		return
+	}
+	defer release()
+	kr.userland = userlandName(u)
 	accel, _, err := chooseAccel(vf.accel)
 	if err != nil {
 		kr.err = err
@@ -161,13 +171,13 @@ func runVM(ctx context.Context, c *cache, kr *kernelReport, cwd string, vf *vmFl
 	kr.accel = accel
 	kr.logPath = c.logFile("matrix", k.Release)
 	tr := &tracker{kr: kr, marks: newMarkers(), prefix: "[" + kr.spec + "] ", out: out}
-	fmt.Fprintf(out, "[%s] booting %s with %s, log %s\n", kr.spec, k, accel, kr.logPath)
+	fmt.Fprintf(out, "[%s] booting %s on the %s userland with %s, log %s\n", kr.spec, k, kr.userland, accel, kr.logPath)
 	var tests []string
 	for _, t := range kr.tests {
 		tests = append(tests, t.cmd)
 	}
 	spec := &bootSpec{
-		kernel: k, script: matrixScript(tests, fmt.Sprintf("%ds", int(testTimeout.Seconds()))),
+		kernel: k, userland: u, script: matrixScript(tests, fmt.Sprintf("%ds", int(testTimeout.Seconds()))),
 		env: vf.env, cwd: cwd, timeout: timeout, memMB: vf.mem, smp: vf.smp, accel: accel, logPath: kr.logPath,
 		marks: tr.marks,
 		onLine: func(line string, running bool) {
@@ -180,6 +190,9 @@ func runVM(ctx context.Context, c *cache, kr *kernelReport, cwd string, vf *vmFl
 	kr.accel = spec.accel
 	if res != nil {
 		kr.boot = res.boot
+		if res.userland != "" {
+			kr.userland += ": " + res.userland
+		}
 	}
 	switch {
 	case err != nil:
@@ -210,6 +223,10 @@ func runHost(ctx context.Context, c *cache, kr *kernelReport, vars map[string]st
 		rel = append(rel, byte(b))
 	}
 	kr.kernel, kr.accel = string(rel), "native"
+	kr.userland = hostUserland
+	if out, err := exec.CommandContext(ctx, "ldd", "--version").Output(); err == nil {
+		kr.userland += ": " + strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+	}
 	kr.logPath = c.logFile("matrix", "host")
 	logf, err := os.Create(kr.logPath)
 	if err != nil {
@@ -275,6 +292,9 @@ func printMatrix(w io.Writer, reports []*kernelReport, total time.Duration) (pas
 		}
 		head += fmt.Sprintf("  total %.1fs", kr.total.Seconds())
 		fmt.Fprintln(w, head)
+		if kr.userland != "" {
+			fmt.Fprintf(w, "          userland %s\n", kr.userland)
+		}
 		if kr.logPath != "" {
 			fmt.Fprintf(w, "          log %s\n", kr.logPath)
 		}

@@ -18,17 +18,20 @@ import (
 
 // bootSpec says what to boot and what to run in it.
 type bootSpec struct {
-	kernel  *Kernel
-	script  string            // the guest's cmd.sh
-	env     map[string]string // exported in the guest
-	cwd     string            // the command's directory (a host path, the same in the guest)
-	timeout time.Duration     // for the whole boot
-	memMB   int
-	smp     int
-	accel   string  // "kvm" or "tcg"
-	image   string  // what qemu boots: the bzImage, or vmlinux (ELF, PVH entry)
-	logPath string  // the whole serial console goes here
-	marks   markers // made by boot if empty
+	kernel *Kernel
+	// userland is the root file system the guest boots; nil boots the
+	// host's root (and the current directory is already in it).
+	userland *Userland
+	script   string            // the guest's cmd.sh
+	env      map[string]string // exported in the guest
+	cwd      string            // the command's directory (a host path, the same in the guest)
+	timeout  time.Duration     // for the whole boot
+	memMB    int
+	smp      int
+	accel    string  // "kvm" or "tcg"
+	image    string  // what qemu boots: the bzImage, or vmlinux (ELF, PVH entry)
+	logPath  string  // the whole serial console goes here
+	marks    markers // made by boot if empty
 	// onLine sees each console line (without "\r\n") as it arrives, but
 	// for the ready and exit markers, with whether the command is running
 	// (between them).
@@ -39,6 +42,7 @@ type bootSpec struct {
 type bootResult struct {
 	exitCode int // the command's; -1 if the guest printed none
 	timedOut bool
+	userland string        // the first line of the guest's ldd --version
 	boot     time.Duration // qemu start → READY
 	total    time.Duration
 	tail     *ring // last console lines, for error messages
@@ -73,9 +77,18 @@ func boot(ctx context.Context, spec *bootSpec) (*bootResult, error) {
 	for k, v := range spec.env {
 		vars[k] = v
 	}
+	config := map[string]string{"XDPLB_VM_MODDIR": spec.kernel.ModDir(), "XDPLB_VM_BUSYBOX": busybox, "XDPLB_VM_NONCE": mk.nonce, "XDPLB_VM_ROOT_TAG": tagHostRoot}
+	vars["XDPLB_VM_USERLAND"] = hostUserland
+	if spec.userland != nil {
+		if spec.cwd == "" || spec.cwd == "/" {
+			return nil, errors.New("a guest on a userland shares the current directory: run from the repository, not /")
+		}
+		config["XDPLB_VM_ROOT_TAG"], config["XDPLB_VM_WORK"], config["XDPLB_VM_MODULES_TAG"] = tagUserland, spec.cwd, tagModules
+		vars["XDPLB_VM_USERLAND"] = spec.userland.Dist
+	}
 	ir := &initramfs{kernel: spec.kernel, busybox: busybox, files: map[string]string{
 		"init":               initScript,
-		"xdplb-vm/config":    envFile(map[string]string{"XDPLB_VM_MODDIR": spec.kernel.ModDir(), "XDPLB_VM_BUSYBOX": busybox, "XDPLB_VM_NONCE": mk.nonce}),
+		"xdplb-vm/config":    envFile(config),
 		"xdplb-vm/stage2.sh": stage2Script,
 		"xdplb-vm/env":       envFile(vars),
 		"xdplb-vm/cmd.sh":    spec.script,
@@ -153,7 +166,9 @@ func boot(ctx context.Context, spec *bootSpec) (*bootResult, error) {
 				fmt.Fprintf(logf, "%8.3f| %s\n", time.Since(start).Seconds(), line)
 				res.tail.add(line)
 				marker := true
-				if i := strings.Index(line, mk.exit); i >= 0 {
+				if i := strings.Index(line, mk.userland); i >= 0 {
+					res.userland = strings.TrimSpace(line[i+len(mk.userland):])
+				} else if i := strings.Index(line, mk.exit); i >= 0 {
 					running = false
 					if n, err := strconv.Atoi(strings.TrimSpace(line[i+len(mk.exit):])); err == nil {
 						res.exitCode = n
@@ -248,7 +263,19 @@ func qemuArgs(spec *bootSpec, initrd string) []string {
 		"-chardev", "stdio,id=console,signal=off",
 		"-serial", "chardev:console",
 		"-monitor", "none",
-		"-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+	)
+	share := func(path, tag string) {
+		path = strings.ReplaceAll(path, ",", ",,") // qemu's escape
+		args = append(args, "-virtfs", "local,path="+path+",mount_tag="+tag+",security_model=none,readonly=on,multidevs=remap")
+	}
+	if spec.userland == nil {
+		share("/", tagHostRoot)
+	} else {
+		share(spec.userland.Root(), tagUserland)
+		share(spec.cwd, tagWork)
+		share(spec.kernel.ModDir(), tagModules)
+	}
+	args = append(args,
 		"-object", "rng-random,id=rng0,filename=/dev/urandom",
 		"-device", "virtio-rng-pci,rng=rng0",
 	)

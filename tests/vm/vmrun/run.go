@@ -39,11 +39,17 @@ func (m envVars) Set(kv string) error {
 type vmFlags struct {
 	mem, smp int
 	accel    string
+	userland string
 	env      envVars
 }
 
 func (f *vmFlags) register(fs *flag.FlagSet) {
 	f.env = envVars{}
+	def := os.Getenv("XDPLB_VM_USERLAND")
+	if def == "" {
+		def = defaultUserland
+	}
+	fs.StringVar(&f.userland, "userland", def, "root file system of the guest: a Debian release assembled from its packages (bullseye: glibc 2.31, like Ubuntu 20.04), or \"host\" (the host's /)")
 	fs.IntVar(&f.mem, "mem", 1024, "guest memory in MiB")
 	fs.IntVar(&f.smp, "smp", min(2, runtime.NumCPU()), "guest CPUs")
 	fs.StringVar(&f.accel, "accel", "auto", "auto, kvm or tcg (auto picks KVM only if it really runs a guest)")
@@ -87,6 +93,11 @@ func cmdRun(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	u, release, err := c.useUserland(ctx, vf.userland, *refresh)
+	if err != nil {
+		return err
+	}
+	defer release()
 	accel, why, err := chooseAccel(vf.accel)
 	if err != nil {
 		return err
@@ -95,10 +106,10 @@ func cmdRun(ctx context.Context, e *env, args []string) error {
 	if *logPath == "" {
 		*logPath = c.logFile("run", k.Release)
 	}
-	e.logf("booting %s with %s (%s), log %s", k, accel, why, *logPath)
+	e.logf("booting %s on the %s userland with %s (%s), log %s", k, userlandName(u), accel, why, *logPath)
 	blanks := 0
 	spec := &bootSpec{
-		kernel: k, script: commandScript(command), env: vf.env, cwd: cwd,
+		kernel: k, userland: u, script: commandScript(command), env: vf.env, cwd: cwd,
 		timeout: *timeout, memMB: vf.mem, smp: vf.smp, accel: accel, logPath: *logPath,
 		onLine: func(line string, running bool) {
 			// Blank lines are held back until more output follows, so the
@@ -126,7 +137,7 @@ func cmdRun(ctx context.Context, e *env, args []string) error {
 		}
 		return &exitError{code: code, err: fmt.Errorf("%s: %w", k.Release, err)}
 	}
-	summary := fmt.Sprintf("%s (%s): boot %.1fs, total %.1fs", k.Release, spec.accel, res.boot.Seconds(), res.total.Seconds())
+	summary := fmt.Sprintf("%s (%s; %s): boot %.1fs, total %.1fs", k.Release, spec.accel, res.userland, res.boot.Seconds(), res.total.Seconds())
 	switch {
 	case res.timedOut:
 		printTail(e.stderr, res, *logPath)
@@ -140,6 +151,30 @@ func cmdRun(ctx context.Context, e *env, args []string) error {
 	}
 	e.logf("%s: command exited 0", summary)
 	return nil
+}
+
+// useUserland brings the userland spec names into the cache and holds it
+// for a boot (nil for the host's root).
+func (c *cache) useUserland(ctx context.Context, spec string, refresh bool) (*Userland, func(), error) {
+	if spec == hostUserland {
+		return nil, func() {}, nil
+	}
+	u, err := c.userland(ctx, spec, refresh)
+	if err != nil {
+		return nil, nil, err
+	}
+	release, err := u.use()
+	if err != nil {
+		return nil, nil, fmt.Errorf("userland %s: %w", u, err)
+	}
+	return u, release, nil
+}
+
+func userlandName(u *Userland) string {
+	if u == nil {
+		return hostUserland
+	}
+	return u.Dist
 }
 
 func printTail(w io.Writer, res *bootResult, logPath string) {

@@ -317,3 +317,35 @@ func TestPVMOnly(t *testing.T) {
 		}
 	}
 }
+
+// The guest's shares: the host's / alone, or a userland's root, the
+// current directory and the kernel's modules.
+func TestQemuArgsShares(t *testing.T) {
+	k := &Kernel{Release: "5.4.286", Dir: "/c/kernels/5.4.286"}
+	virtfs := func(spec *bootSpec) []string {
+		var v []string
+		args := qemuArgs(spec, "/tmp/initrd")
+		for i, a := range args {
+			if a == "-virtfs" {
+				v = append(v, args[i+1])
+			}
+		}
+		return v
+	}
+	host := virtfs(&bootSpec{kernel: k, cwd: "/work/x"})
+	if len(host) != 1 || !strings.HasPrefix(host[0], "local,path=/,mount_tag=hostroot,") {
+		t.Errorf("host userland: %q", host)
+	}
+	u := &Userland{Dist: "bullseye", Dir: "/c/userlands/bullseye-1"}
+	got := virtfs(&bootSpec{kernel: k, userland: u, cwd: "/work/a,b"})
+	want := []string{"local,path=/c/userlands/bullseye-1/root,mount_tag=userland,", "local,path=/work/a,,b,mount_tag=work,",
+		"local,path=/c/kernels/5.4.286/lib/modules/5.4.286,mount_tag=modules,"}
+	if len(got) != len(want) {
+		t.Fatalf("userland: %q", got)
+	}
+	for i := range want {
+		if !strings.HasPrefix(got[i], want[i]) || !strings.Contains(got[i], "readonly=on") {
+			t.Errorf("share %d = %q, want %q...", i, got[i], want[i])
+		}
+	}
+}

@@ -10,10 +10,13 @@ package apt
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -124,6 +127,172 @@ func (r *Root) Download(ctx context.Context, pkg, version, dir string) (string, 
 		return "", fmt.Errorf("download %s: apt-get reported success but no .deb in %s", pkg, dir)
 	}
 	return file, nil
+}
+
+// Package is one package of a resolved set.
+type Package struct {
+	Name, Version, Arch string
+}
+
+func (p Package) String() string { return p.Name + "=" + p.Version }
+
+// Resolve returns the packages apt would install on an empty system to
+// have pkgs (their dependencies, without Recommends), in apt's order.
+func (r *Root) Resolve(ctx context.Context, pkgs ...string) ([]Package, error) {
+	out, err := r.run(ctx, "", "apt-get", append([]string{"-s", "-q", "install", "--no-install-recommends"}, pkgs...)...)
+	if err != nil {
+		return nil, fmt.Errorf("resolve %d packages in %s: %w", len(pkgs), r.Name, err)
+	}
+	res := parseSimulation(out)
+	if len(res) == 0 {
+		return nil, fmt.Errorf("resolve packages in %s: apt-get -s installs nothing:\n%s", r.Name, lastLines(out, 5))
+	}
+	return res, nil
+}
+
+// inst is a line of apt-get -s: "Inst libc6 (2.31-13+deb11u11 Debian-Security:11/oldoldstable-security [amd64])",
+// with "[old version] " before the parenthesis for an upgrade.
+var inst = regexp.MustCompile(`^Inst (\S+) (?:\[[^\]]*\] )?\((\S+) [^\[]*\[([^\]]+)\]\)`)
+
+func parseSimulation(out string) []Package {
+	var pkgs []Package
+	for _, line := range strings.Split(out, "\n") {
+		if m := inst.FindStringSubmatch(line); m != nil {
+			pkgs = append(pkgs, Package{Name: m[1], Version: m[2], Arch: m[3]})
+		}
+	}
+	return pkgs
+}
+
+// DownloadAll fetches the packages into dir and returns their files, in
+// the order of pkgs. A version the mirror no longer has (an index ahead of
+// its pool, or a superseded security update) is replaced by the newest
+// other version of that package the mirror has, and pkgs is updated; logf
+// says so.
+func (r *Root) DownloadAll(ctx context.Context, pkgs []Package, dir string, logf func(string, ...any)) ([]string, error) {
+	args := []string{"-q", "download"}
+	for _, p := range pkgs {
+		args = append(args, p.String())
+	}
+	if _, err := r.run(ctx, dir, "apt-get", args...); err != nil {
+		// One at a time, to find the missing ones.
+		for i, p := range pkgs {
+			if _, err := os.Stat(debFile(dir, p)); err == nil {
+				continue
+			}
+			if _, derr := r.run(ctx, dir, "apt-get", "-q", "download", p.String()); derr == nil {
+				continue
+			}
+			alt, aerr := r.downloadOther(ctx, p, dir)
+			if aerr != nil {
+				return nil, fmt.Errorf("download %d packages of %s: %w (and %s: %v)", len(pkgs), r.Name, err, p, aerr)
+			}
+			logf("%s: %s is not on the mirror; took %s", r.Name, p, alt.Version)
+			pkgs[i] = alt
+		}
+	}
+	files := make([]string, len(pkgs))
+	for i, p := range pkgs {
+		f := debFile(dir, p)
+		if _, err := os.Stat(f); err != nil {
+			return nil, fmt.Errorf("download %s: apt-get reported success but %s is missing", p, f)
+		}
+		files[i] = f
+	}
+	return files, nil
+}
+
+// debFile is where apt-get download puts p: pkg_version_arch.deb, with ':'
+// in the version as %3a.
+func debFile(dir string, p Package) string {
+	return filepath.Join(dir, p.Name+"_"+strings.ReplaceAll(p.Version, ":", "%3a")+"_"+p.Arch+".deb")
+}
+
+// downloadOther downloads the newest version of p.Name other than
+// p.Version that the mirror serves.
+func (r *Root) downloadOther(ctx context.Context, p Package, dir string) (Package, error) {
+	out, err := r.run(ctx, "", "apt-cache", "madison", p.Name)
+	if err != nil {
+		return p, err
+	}
+	var errs []error
+	for _, v := range madisonVersions(out) {
+		if v == p.Version {
+			continue
+		}
+		alt := Package{Name: p.Name, Version: v, Arch: p.Arch}
+		if _, err := r.run(ctx, dir, "apt-get", "-q", "download", alt.String()); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		return alt, nil
+	}
+	return p, fmt.Errorf("no other version of %s on the mirror: %w", p.Name, errors.Join(errs...))
+}
+
+// madisonVersions lists the versions in apt-cache madison's output
+// (" bpftool | 5.10.262-1 | http://... Packages"), newest first as apt
+// prints them, each once.
+func madisonVersions(out string) []string {
+	var vs []string
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Split(line, "|")
+		if len(f) < 3 {
+			continue
+		}
+		if v := strings.TrimSpace(f[1]); v != "" && !slices.Contains(vs, v) {
+			vs = append(vs, v)
+		}
+	}
+	return vs
+}
+
+// Required lists the packages of priority "required" in the root's lists
+// (apt-cache dumpavail): what debootstrap's minbase variant installs,
+// short of apt.
+func (r *Root) Required(ctx context.Context) ([]string, error) {
+	cmd := exec.CommandContext(ctx, "apt-cache", append(r.opts(), "dumpavail")...)
+	cmd.Env = append(os.Environ(), "LC_ALL=C")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("apt-cache dumpavail: %w", err)
+	}
+	names := appendRequired(nil, map[string]bool{}, out)
+	io.Copy(io.Discard, out)
+	if err := cmd.Wait(); err != nil {
+		return nil, fmt.Errorf("apt-cache dumpavail for %s: %w: %s", r.Name, err, lastLines(stderr.String(), 5))
+	}
+	if len(names) == 0 {
+		return nil, fmt.Errorf("no package of priority required in the lists of %s (update them?)", r.Name)
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
+// appendRequired adds the packages of priority required in the Packages
+// file r to names, once each.
+func appendRequired(names []string, seen map[string]bool, r io.Reader) []string {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 4*1024*1024)
+	var pkg string
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case line == "":
+			pkg = ""
+		case strings.HasPrefix(line, "Package: "):
+			pkg = strings.TrimSpace(strings.TrimPrefix(line, "Package: "))
+		case line == "Priority: required" && pkg != "" && !seen[pkg]:
+			seen[pkg] = true
+			names = append(names, pkg)
+		}
+	}
+	return names
 }
 
 // Downloaded lists the .deb files of pkg in dir, of any version.

@@ -130,3 +130,43 @@ func TestDownloaded(t *testing.T) {
 		t.Errorf("Downloaded = %q, want %q", got, want)
 	}
 }
+
+func TestParseSimulation(t *testing.T) {
+	out := `NOTE: This is only a simulation!
+Reading package lists...
+Inst gcc-10-base (10.2.1-6 Debian:11.11/oldoldstable [amd64])
+Inst libc6 (2.31-13+deb11u11 Debian-Security:11/oldoldstable-security [amd64])
+Inst keepalived [1:2.1.4-1] (1:2.1.5-0.2+deb11u1 Debian:11.11/oldoldstable [amd64])
+Inst pci.ids (0.0~2021.02.08-1 Debian:11.11/oldoldstable, Debian-Security:11/oldoldstable-security [all])
+Conf libc6 (2.31-13+deb11u11 Debian-Security:11/oldoldstable-security [amd64])
+`
+	got := parseSimulation(out)
+	want := []Package{
+		{"gcc-10-base", "10.2.1-6", "amd64"},
+		{"libc6", "2.31-13+deb11u11", "amd64"},
+		{"keepalived", "1:2.1.5-0.2+deb11u1", "amd64"},
+		{"pci.ids", "0.0~2021.02.08-1", "all"},
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("parseSimulation = %q, want %q", got, want)
+	}
+}
+
+func TestAppendRequired(t *testing.T) {
+	lists := "Package: libc6\nPriority: required\nVersion: 1\n\nPackage: keepalived\nPriority: optional\n\n" +
+		"Package: dash\nEssential: yes\nPriority: required\n\nPackage: libc6\nPriority: required\nVersion: 2\n"
+	got := appendRequired(nil, map[string]bool{}, strings.NewReader(lists))
+	if !slices.Equal(got, []string{"libc6", "dash"}) {
+		t.Errorf("appendRequired = %q", got)
+	}
+}
+
+func TestMadisonVersions(t *testing.T) {
+	out := `   bpftool | 5.10.262-1 | http://deb.debian.org/debian-security bullseye-security/main amd64 Packages
+   bpftool | 5.10.223-1 | http://deb.debian.org/debian bullseye/main amd64 Packages
+   bpftool | 5.10.223-1 | http://mirror.example/debian bullseye/main amd64 Packages
+`
+	if got := madisonVersions(out); !slices.Equal(got, []string{"5.10.262-1", "5.10.223-1"}) {
+		t.Errorf("madisonVersions = %q", got)
+	}
+}

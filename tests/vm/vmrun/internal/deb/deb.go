@@ -42,7 +42,76 @@ type KeepFunc func(name string) (dst string, keep bool)
 // regular files are written (0755 and 0644: modes and owners are not kept);
 // links and special files are skipped.
 func Extract(file, dir string, keep KeepFunc) error {
-	cmd := exec.Command("dpkg-deb", "--fsys-tarfile", file)
+	return readData(file, func(r io.Reader) error { return extractTar(r, dir, keep) })
+}
+
+// Unpack writes the whole data archive of the package into dir as dpkg
+// would install it below dir: directories, regular files, symbolic and hard
+// links, with their modes (setuid bits included) and, when the caller is
+// root, their owners. A file already there is replaced; a name that would
+// leave dir, through ".." or a symbolic link, is an error. It returns the
+// package's paths as dpkg lists them ("/", "/usr", "/usr/bin/x"), in
+// archive order.
+func Unpack(file, dir string) ([]string, error) {
+	var paths []string
+	err := readData(file, func(r io.Reader) error {
+		var err error
+		paths, err = unpackTar(r, dir, os.Geteuid() == 0)
+		return err
+	})
+	return paths, err
+}
+
+// Control returns the package's control file as it is (dpkg-deb -f with no
+// field names).
+func Control(file string) (string, error) {
+	out, err := exec.Command("dpkg-deb", "-f", file).Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return "", fmt.Errorf("dpkg-deb -f %s: %w: %s", file, err, strings.TrimSpace(string(ee.Stderr)))
+		}
+		return "", fmt.Errorf("run dpkg-deb (apt-get install dpkg): %w", err)
+	}
+	return string(out), nil
+}
+
+// ControlFiles returns the files of the package's control archive by name
+// ("control", "md5sums", "conffiles", "postinst", ...).
+func ControlFiles(file string) (map[string]string, error) {
+	files := map[string]string{}
+	err := readArchive(file, "--ctrl-tarfile", func(r io.Reader) error {
+		tr := tar.NewReader(r)
+		for {
+			h, err := tr.Next()
+			if err == io.EOF {
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("read control archive: %w", err)
+			}
+			if h.Typeflag != tar.TypeReg {
+				continue
+			}
+			b, err := io.ReadAll(io.LimitReader(tr, 16<<20))
+			if err != nil {
+				return err
+			}
+			files[strings.TrimPrefix(h.Name, "./")] = string(b)
+		}
+	})
+	return files, err
+}
+
+// readData streams the package's data archive (a tar) to read.
+func readData(file string, read func(io.Reader) error) error {
+	return readArchive(file, "--fsys-tarfile", read)
+}
+
+// readArchive streams one of the package's archives, as dpkg-deb's option
+// which (--fsys-tarfile, --ctrl-tarfile) gives it, to read.
+func readArchive(file, which string, read func(io.Reader) error) error {
+	cmd := exec.Command("dpkg-deb", which, file)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return err
@@ -52,14 +121,14 @@ func Extract(file, dir string, keep KeepFunc) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("run dpkg-deb (apt-get install dpkg): %w", err)
 	}
-	xerr := extractTar(out, dir, keep)
+	xerr := read(out)
 	io.Copy(io.Discard, out) // let dpkg-deb finish writing
 	werr := cmd.Wait()
 	if xerr != nil {
 		return xerr
 	}
 	if werr != nil {
-		return fmt.Errorf("dpkg-deb --fsys-tarfile: %w: %s", werr, strings.TrimSpace(stderr.String()))
+		return fmt.Errorf("dpkg-deb %s: %w: %s", which, werr, strings.TrimSpace(stderr.String()))
 	}
 	return nil
 }
@@ -107,6 +176,92 @@ func extractTar(r io.Reader, dir string, keep KeepFunc) error {
 			}
 			if err != nil {
 				return err
+			}
+		}
+	}
+}
+
+// unpackTar is Unpack's work on the tar stream r; chown says whether to set
+// owners.
+func unpackTar(r io.Reader, dir string, chown bool) ([]string, error) {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	var paths []string
+	tr := tar.NewReader(r)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return paths, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read package data: %w", err)
+		}
+		name := filepath.Clean(strings.TrimPrefix(h.Name, "./"))
+		if name == "." || name == "/" {
+			paths = append(paths, "/.")
+			continue
+		}
+		if !filepath.IsLocal(name) {
+			return nil, fmt.Errorf("package data: %q would be written outside %s", h.Name, dir)
+		}
+		paths = append(paths, "/"+name)
+		mode := h.FileInfo().Mode()
+		if h.Typeflag != tar.TypeDir {
+			if err := root.MkdirAll(filepath.Dir(name), 0o755); err != nil {
+				return nil, err
+			}
+			// Replace what is there (a file of another package, or a link).
+			if st, err := root.Lstat(name); err == nil && !st.IsDir() {
+				if err := root.Remove(name); err != nil {
+					return nil, err
+				}
+			}
+		}
+		switch h.Typeflag {
+		case tar.TypeDir:
+			if err := root.MkdirAll(name, 0o755); err != nil {
+				return nil, err
+			}
+		case tar.TypeReg:
+			f, err := root.OpenFile(name, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+			if err != nil {
+				return nil, err
+			}
+			_, err = io.Copy(f, tr)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return nil, err
+			}
+		case tar.TypeSymlink:
+			if err := root.Symlink(h.Linkname, name); err != nil {
+				return nil, err
+			}
+		case tar.TypeLink:
+			target := filepath.Clean(strings.TrimPrefix(h.Linkname, "./"))
+			if !filepath.IsLocal(target) {
+				return nil, fmt.Errorf("package data: hard link %q to %q outside %s", h.Name, h.Linkname, dir)
+			}
+			if err := root.Link(target, name); err != nil {
+				return nil, err
+			}
+			continue // shares the target's mode and owner
+		default:
+			return nil, fmt.Errorf("package data: %q is a %q entry, which no Debian package here should hold", h.Name, h.Typeflag)
+		}
+		if chown {
+			if err := root.Lchown(name, h.Uid, h.Gid); err != nil {
+				return nil, err
+			}
+		}
+		if h.Typeflag != tar.TypeSymlink {
+			// After chown, which clears setuid bits.
+			if err := root.Chmod(name, mode.Perm()|mode&(os.ModeSetuid|os.ModeSetgid|os.ModeSticky)); err != nil {
+				return nil, err
 			}
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/xdplb/xdplb/tests/vm/vmrun/internal/deb/debtest"
@@ -147,4 +148,120 @@ func containsAll(list []string, want ...string) bool {
 		}
 	}
 	return true
+}
+
+// Unpack keeps what an installed system needs: modes (setuid too), symbolic
+// links (absolute ones stored as they are), hard links, owners, and
+// replaces a file an earlier package wrote.
+func TestUnpackTar(t *testing.T) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	add := func(h tar.Header, body string) {
+		h.Size = int64(len(body))
+		if err := tw.WriteHeader(&h); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write([]byte(body))
+	}
+	add(tar.Header{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755}, "")
+	add(tar.Header{Name: "./bin/", Typeflag: tar.TypeDir, Mode: 0o755}, "")
+	add(tar.Header{Name: "./bin/dash", Typeflag: tar.TypeReg, Mode: 0o755}, "#!dash")
+	add(tar.Header{Name: "./bin/sh", Typeflag: tar.TypeSymlink, Linkname: "dash", Mode: 0o777}, "")
+	add(tar.Header{Name: "./bin/su", Typeflag: tar.TypeReg, Mode: 0o4755}, "su")
+	add(tar.Header{Name: "./bin/su2", Typeflag: tar.TypeLink, Linkname: "./bin/su"}, "")
+	add(tar.Header{Name: "./lib64/ld.so", Typeflag: tar.TypeSymlink, Linkname: "/lib/x86_64-linux-gnu/ld-2.31.so"}, "")
+	add(tar.Header{Name: "./tmp/", Typeflag: tar.TypeDir, Mode: 0o1777}, "")
+	add(tar.Header{Name: "./etc/shadow", Typeflag: tar.TypeReg, Mode: 0o640, Gid: 42}, "x")
+	tw.Close()
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "bin"), 0o755)
+	os.WriteFile(filepath.Join(dir, "bin", "sh"), []byte("an older file"), 0o644)
+	chown := os.Geteuid() == 0
+	paths, err := unpackTar(&buf, dir, chown)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"/.", "/bin", "/bin/dash", "/bin/sh", "/bin/su", "/bin/su2", "/lib64/ld.so", "/tmp", "/etc/shadow"}
+	if !reflect.DeepEqual(paths, want) {
+		t.Errorf("paths %q, want %q", paths, want)
+	}
+	mode := func(p string) os.FileMode {
+		st, err := os.Lstat(filepath.Join(dir, p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Mode()
+	}
+	if m := mode("bin/dash"); m != 0o755 {
+		t.Errorf("bin/dash mode %v", m)
+	}
+	if m := mode("bin/su"); m != 0o755|os.ModeSetuid {
+		t.Errorf("bin/su mode %v", m)
+	}
+	if m := mode("tmp"); m != 0o777|os.ModeDir|os.ModeSticky {
+		t.Errorf("tmp mode %v", m)
+	}
+	for link, target := range map[string]string{"bin/sh": "dash", "lib64/ld.so": "/lib/x86_64-linux-gnu/ld-2.31.so"} {
+		if got, err := os.Readlink(filepath.Join(dir, link)); err != nil || got != target {
+			t.Errorf("%s -> %q (%v), want %q", link, got, err, target)
+		}
+	}
+	a, _ := os.Stat(filepath.Join(dir, "bin/su"))
+	b, _ := os.Stat(filepath.Join(dir, "bin/su2"))
+	if !os.SameFile(a, b) {
+		t.Error("bin/su2 is not a hard link to bin/su")
+	}
+	if chown {
+		st, _ := os.Stat(filepath.Join(dir, "etc/shadow"))
+		if gid := st.Sys().(*syscall.Stat_t).Gid; gid != 42 {
+			t.Errorf("etc/shadow gid %d, want 42", gid)
+		}
+	}
+}
+
+func TestUnpackTarStaysInDir(t *testing.T) {
+	for name, h := range map[string]tar.Header{
+		"dot-dot":             {Name: "./a/../../evil", Typeflag: tar.TypeReg, Mode: 0o644},
+		"hard link outside":   {Name: "./x", Typeflag: tar.TypeLink, Linkname: "../../etc/passwd"},
+		"through a link":      {Name: "./up/evil", Typeflag: tar.TypeReg, Mode: 0o644},
+		"device (not wanted)": {Name: "./dev/null", Typeflag: tar.TypeChar, Mode: 0o666},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var buf bytes.Buffer
+			tw := tar.NewWriter(&buf)
+			if name == "through a link" {
+				tw.WriteHeader(&tar.Header{Name: "./up", Typeflag: tar.TypeSymlink, Linkname: "/"})
+			}
+			tw.WriteHeader(&h)
+			tw.Close()
+			parent := t.TempDir()
+			dir := filepath.Join(parent, "dir")
+			os.Mkdir(dir, 0o755)
+			if _, err := unpackTar(&buf, dir, false); err == nil {
+				t.Error("no error")
+			}
+			if _, err := os.Stat(filepath.Join(parent, "evil")); err == nil {
+				t.Error("wrote outside")
+			}
+		})
+	}
+}
+
+func TestUnpackAndControl(t *testing.T) {
+	deb := debtest.Build(t, "xdplb-test", "1.0", map[string]string{"usr/bin/tool": "tool"}, "Depends: libc6")
+	dir := t.TempDir()
+	paths, err := Unpack(deb, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !containsAll(paths, "/.", "/usr", "/usr/bin", "/usr/bin/tool") {
+		t.Errorf("paths %q", paths)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "usr/bin/tool")); err != nil || string(b) != "tool" {
+		t.Errorf("usr/bin/tool: %q %v", b, err)
+	}
+	ctl, err := Control(deb)
+	if err != nil || !strings.HasPrefix(ctl, "Package: xdplb-test\nVersion: 1.0\n") || !strings.Contains(ctl, "\nDepends: libc6\n") {
+		t.Errorf("Control = %q, %v", ctl, err)
+	}
 }
