@@ -17,8 +17,8 @@ BIN     ?= bin
 # systemd and man-db: systemd-analyze verify/security of the unit (it looks
 # up the man page its Documentation= names); strace: the daemon's system
 # calls against the unit's SystemCallFilter (e2e); groff-base renders the
-# man page in its test.
-TEST_DEBS := clang-14 llvm-14 libbpf-dev linux-libc-dev iproute2 ethtool keepalived bpftool systemd man-db groff-base strace
+# man page in its test; bash-completion runs the packaged completion.
+TEST_DEBS := clang-14 llvm-14 libbpf-dev linux-libc-dev iproute2 ethtool keepalived bpftool systemd man-db groff-base strace bash-completion
 DEMO_DEBS := iproute2 ethtool
 
 # install-debs installs the packages of $(1) that are missing (as root).
