@@ -81,7 +81,7 @@ lint: ## gofmt, go vet
 
 .PHONY: test
 test: root deps lint check-generate ## unit, packet, loader and end-to-end tests, then the kernel matrix (as root)
-	$(GO) test -count=1 -timeout 10m ./bpf/... ./loader/... ./control/... ./cmd/... ./tests/layers/ ./tests/cmd/... ./tests/lab/... ./tests/testnet/... ./tests/apiserver/... ./tests/agent/... ./bench/... ./packaging/...
+	$(GO) test -count=1 -timeout 10m ./bpf/... ./loader/... ./control/... ./cmd/... ./tests/layers/ ./tests/cmd/... ./tests/lab/... ./tests/testnet/... ./tests/apiserver/... ./tests/agent/... ./bench/... ./packaging/... ./tests/vm/vmrun/...
 	$(GO) test -count=1 -timeout 40m -v ./tests/e2e/ 2>&1 | tee /tmp/xdplb-e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|REPORT)|e2e_|\.go:[0-9]+:' ; test $${PIPESTATUS[0]} -eq 0
 	$(MAKE) vagrant-check
 	$(MAKE) vm-test

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -14,7 +15,9 @@ import (
 // This file: kernels that are in no Debian archive (Linux 5.4, Ubuntu
 // 20.04's GA kernel) and are built for the tests, kept as linux-image .deb
 // files in ../shared/kernels beside the repository (its README says how
-// they were built), or in $XDPLB_VM_KERNEL_DIR.
+// they were built), or in $XDPLB_VM_KERNEL_DIR. A clone of a repository on
+// this machine (git clone /work/main /tmp/ci) also looks beside the one it
+// was cloned from.
 
 // sharedKernelSeries are the kernel series found there by name.
 var sharedKernelSeries = []string{"5.4"}
@@ -34,7 +37,31 @@ func sharedKernelDirs() ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	return []string{filepath.Join(filepath.Dir(repo), "shared", "kernels")}, nil
+	dirs := []string{filepath.Join(filepath.Dir(repo), "shared", "kernels")}
+	if origin := localOrigin(repo); origin != "" {
+		if d := filepath.Join(filepath.Dir(origin), "shared", "kernels"); d != dirs[0] {
+			dirs = append(dirs, d)
+		}
+	}
+	return dirs, nil
+}
+
+// localOrigin is the directory repo was cloned from when that is a
+// repository on this machine ("" when it has no such origin).
+func localOrigin(repo string) string {
+	out, err := exec.Command("git", "-C", repo, "remote", "get-url", "origin").Output()
+	if err != nil {
+		return ""
+	}
+	u := strings.TrimPrefix(strings.TrimSpace(string(out)), "file://")
+	if !filepath.IsAbs(u) {
+		return ""
+	}
+	u = strings.TrimSuffix(filepath.Clean(u), "/.git")
+	if fi, err := os.Stat(u); err != nil || !fi.IsDir() {
+		return ""
+	}
+	return u
 }
 
 // sharedKernelDeb is the newest linux-image-<series>.*.deb there.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -38,7 +39,36 @@ func TestSharedKernelDirs(t *testing.T) {
 		t.Fatal(err)
 	}
 	repo, _ := filepath.Abs(filepath.Join("..", "..", ".."))
-	if want := filepath.Join(filepath.Dir(repo), "shared", "kernels"); len(dirs) != 1 || dirs[0] != want {
-		t.Errorf("sharedKernelDirs = %q, want %q", dirs, want)
+	if want := filepath.Join(filepath.Dir(repo), "shared", "kernels"); len(dirs) == 0 || dirs[0] != want {
+		t.Errorf("sharedKernelDirs = %q, want %q first", dirs, want)
+	}
+}
+
+// A clone of a repository on this machine finds the kernels beside the
+// repository it was cloned from.
+func TestSharedKernelDirsOfAClone(t *testing.T) {
+	t.Setenv("XDPLB_VM_KERNEL_DIR", "")
+	top := t.TempDir()
+	upstream := filepath.Join(top, "work", "main")
+	kernels := filepath.Join(top, "work", "shared", "kernels")
+	os.MkdirAll(kernels, 0o755)
+	deb := filepath.Join(kernels, "linux-image-5.4.286-qemu_5.4.286-1_amd64.deb")
+	os.WriteFile(deb, nil, 0o644)
+	git := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("git", args...).CombinedOutput(); err != nil {
+			t.Fatalf("git %q: %v %s", args, err, out)
+		}
+	}
+	git("init", "-q", upstream)
+	os.WriteFile(filepath.Join(upstream, "go.mod"), []byte("module "+module+"\n"), 0o644)
+	git("-C", upstream, "add", "go.mod")
+	git("-C", upstream, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "x")
+	clone := filepath.Join(top, "ci", "clone")
+	git("clone", "-q", upstream, clone)
+	t.Chdir(clone)
+	got, err := sharedKernelDeb("5.4")
+	if err != nil || got != deb {
+		t.Errorf("sharedKernelDeb in a clone = %q, %v; want %q", got, err, deb)
 	}
 }
