@@ -562,3 +562,60 @@ func TestSNATPortsInTurn(t *testing.T) {
 		h.maps.XdplbHalfOpen.Delete(f.Twin())
 	}
 }
+
+// A run of taken ports ahead of a backend's cursor (what a peer's synced
+// connections hold after a failover: the ports its own cursor handed out)
+// costs one SYN, whose retransmit gets the port after the run; it must not
+// refuse every new connection to that backend while the run lives (seen in
+// the failover test: a third of the new connections through the new master
+// timed out, all to one backend, ports_exhausted counting up).
+func TestSNATSkipsTakenRun(t *testing.T) {
+	h := newHarness(t, Config{SNATLo: 30000, SNATHi: 30063}, threeServers[:1])
+	syn := func(i int) (result, netip.AddrPort) {
+		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 20, 0, byte(i)}), 40000)
+		p := packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: src, Dst: frontend, Flags: packet.SYN, Seq: 1}
+		return h.run(h.xdp, p.Frame()), src
+	}
+	r, src := syn(1)
+	if r.verdict != xdpTX {
+		t.Fatalf("first syn: %d %v", r.verdict, named(r.stats))
+	}
+	first, ok := h.flow(TableHalfOpen, Key(src, frontend))
+	if !ok {
+		t.Fatal("first syn: no half-open entry")
+	}
+	p0 := first.Src().Port()
+	// The next 12 ports (more than one window of tries) are held by
+	// established connections, as a peer's synced ones are.
+	var twin Flow
+	if err := h.maps.XdplbHalfOpen.Lookup(first.Twin(), &twin); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 12; i++ {
+		port := 30000 + (p0-30000+uint16(i))%64
+		if err := h.maps.XdplbFlows.Put(Key(server1, netip.AddrPortFrom(vip, port)), twin); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The first SYN that meets the run is dropped (a retransmit comes a
+	// second later); by the second window at most, new connections get
+	// the port right after the run.
+	var got uint16
+	for i := 2; i <= 4 && got == 0; i++ {
+		r, src := syn(i)
+		switch r.verdict {
+		case xdpDrop:
+			if r.stats[StatPortsExhausted] == 0 {
+				t.Fatalf("syn %d dropped, not for ports: %v", i, named(r.stats))
+			}
+		case xdpTX:
+			f, _ := h.flow(TableHalfOpen, Key(src, frontend))
+			got = f.Src().Port()
+		default:
+			t.Fatalf("syn %d: verdict %d %v", i, r.verdict, named(r.stats))
+		}
+	}
+	if want := 30000 + (p0-30000+13)%64; got != want {
+		t.Fatalf("after a run of 12 taken ports from %d: new connection on port %d, want %d (0: every SYN refused)", p0+1, got, want)
+	}
+}

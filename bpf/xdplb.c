@@ -432,8 +432,16 @@ static __always_inline int open_flow(void *ctx, const struct packet *p, const st
 			break;
 		}
 	}
-	if (!claimed)
+	if (!claimed) {
+		/* Move on past the window: otherwise a run of taken ports
+		 * ahead of the cursor (the connections a peer synced to us
+		 * hold the ports its own cursor handed out) would refuse
+		 * every new connection to this backend for as long as they
+		 * live, instead of this one SYN (its retransmit tries the
+		 * next window). */
+		*cursor = (*cursor + SNAT_PORT_TRIES - 1) % range + 1; /* 1..range: 0 is "not chosen yet" */
 		return STAT_DROP_PORTS_EXHAUSTED;
+	}
 
 	out->created_ns = now;
 	out->last_seen_ns = now;
