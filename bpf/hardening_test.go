@@ -619,3 +619,20 @@ func TestSNATSkipsTakenRun(t *testing.T) {
 		t.Fatalf("after a run of 12 taken ports from %d: new connection on port %d, want %d (0: every SYN refused)", p0+1, got, want)
 	}
 }
+
+// The cursor's meaning, which flow sync relies on to continue a peer's
+// sequence: a cursor of n makes the next new connection try port lo+n.
+func TestSNATCursorMeaning(t *testing.T) {
+	h := newHarness(t, Config{SNATLo: 30000, SNATHi: 30063}, threeServers[:1])
+	if err := h.maps.XdplbSnatNext.Put(uint32(0), uint32(13)); err != nil {
+		t.Fatal(err)
+	}
+	syn := packet.TCP{SrcMAC: agentMAC, DstMAC: lbMAC, Src: agent1, Dst: frontend, Flags: packet.SYN, Seq: 1}
+	if r := h.run(h.xdp, syn.Frame()); r.verdict != xdpTX {
+		t.Fatalf("syn: %d %v", r.verdict, named(r.stats))
+	}
+	f, ok := h.flow(TableHalfOpen, Key(agent1, frontend))
+	if !ok || f.Src().Port() != 30013 {
+		t.Fatalf("cursor 13: the connection got port %d (entry %v), want 30013", f.Src().Port(), ok)
+	}
+}

@@ -40,6 +40,12 @@ func (d Datapath) PutConnection(ck bpf.FlowKey, client bpf.Flow, rk bpf.FlowKey,
 	return nil
 }
 
+// SetSNATNext sets where the data path's next search for a SNAT port to a
+// backend starts: the offset in the SNAT range plus one (xdplb_snat_next).
+func (d Datapath) SetSNATNext(backend uint32, next uint32) error {
+	return d.M.XdplbSnatNext.Put(backend, next)
+}
+
 func (d Datapath) putFlow(k bpf.FlowKey, f bpf.Flow) error {
 	err := d.M.XdplbFlows.Put(k, f)
 	if errors.Is(err, unix.E2BIG) {

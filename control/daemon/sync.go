@@ -70,6 +70,7 @@ type syncDatapath interface {
 	DeleteFlows(t bpf.FlowTable, keys []bpf.FlowKey) error
 	LookupFlow(t bpf.FlowTable, k bpf.FlowKey) (bpf.Flow, bool, error)
 	PutConnection(ck bpf.FlowKey, client bpf.Flow, rk bpf.FlowKey, reply bpf.Flow) error
+	SetSNATNext(backend uint32, next uint32) error
 }
 
 var _ syncDatapath = loader.Datapath{}
@@ -120,6 +121,16 @@ type syncer struct {
 	lastTakeov  takeoverInfo
 	takeovers   uint64
 	refreshSent map[bpf.FlowKey]uint64
+	// snatFrontier is, per backend index, the newest of the peer's
+	// connections installed here: its creation time and SNAT port.
+	snatFrontier map[uint32]snatMark
+}
+
+// snatMark is a connection's creation time (this node's clock) and its
+// SNAT port.
+type snatMark struct {
+	created uint64
+	port    uint16
 }
 
 // resyncInfo is the last bulk resync received from the peer.
@@ -338,6 +349,39 @@ func (s *syncer) install(r flowsync.Record, seen map[bpf.FlowKey]struct{}) {
 		return
 	}
 	s.count.Add("flows_installed", 1)
+	s.followSNAT(rf.Backend, cf.CreatedNs, bpf.Port(rk.Dport))
+}
+
+// followSNAT moves this node's SNAT cursor for a backend to the port after
+// the peer's newest connection to it. The peer hands ports out in turn, so
+// the ports after that one are the free ones, and the ones before it were
+// used lately (their connections live in this table, or their backend may
+// still hold state for them): a takeover here goes on with the peer's
+// sequence instead of running into it. Newest by creation time, because a
+// bulk resync arrives in table order.
+func (s *syncer) followSNAT(backend uint32, created uint64, port uint16) {
+	l := s.local.Load()
+	if port < l.SNATLo || port > l.SNATHi {
+		return
+	}
+	s.mu.Lock()
+	if s.snatFrontier == nil {
+		s.snatFrontier = map[uint32]snatMark{}
+	}
+	m, ok := s.snatFrontier[backend]
+	newest := !ok || created >= m.created
+	if newest {
+		s.snatFrontier[backend] = snatMark{created: created, port: port}
+	}
+	s.mu.Unlock()
+	if !newest {
+		return
+	}
+	// The cursor is the offset of the next port to try, plus one (0:
+	// none chosen yet), as the data path keeps it.
+	if err := s.dp.SetSNATNext(backend, uint32(port-l.SNATLo)+1); err != nil && s.warn.allow() {
+		s.log.Warn("follow the peer's SNAT ports", "backend", backend, "err", err)
+	}
 }
 
 // drop counts a refused record or frame, by its reason.

@@ -460,3 +460,61 @@ func TestReadSyncKey(t *testing.T) {
 		t.Fatal("a directory as the key file")
 	}
 }
+
+// TestSyncFollowsPeerSNAT: the node without the VIP moves its SNAT cursor
+// for each backend to the port after the peer's newest connection to it
+// (newest by creation, whatever order the resync or the events bring), so
+// that after a takeover it hands out the ports after the peer's, not ones
+// the peer's connections hold.
+func TestSyncFollowsPeerSNAT(t *testing.T) {
+	port := freePort(t)
+	a := newSyncRig(t, lb1, netip.AddrPortFrom(lb2, port), []netip.AddrPort{s1, s2, s3})
+	b := newSyncRig(t, lb2, netip.AddrPortFrom(lb1, port), []netip.AddrPort{s3, s2, s1})
+	a.vip.Store(true)
+	a.d.sync.holds.Store(true)
+	now := a.d.parts.now()
+	ia := func(addr netip.AddrPort) uint32 { return a.backend(t, addr).ID }
+	ib := func(addr netip.AddrPort) uint32 { return b.backend(t, addr).ID }
+	lo := b.d.sync.local.Load().SNATLo
+	if lo == 0 {
+		lo = a.d.sync.local.Load().SNATLo
+	}
+	// Created in the order lo+10, lo+11, lo+12 (the newest); the table
+	// hands them over in its own order.
+	for i, p := range []uint16{lo + 12, lo + 10, lo + 11} {
+		created := now + uint64(p-lo-10) // lo+12 the newest
+		c := netip.AddrPortFrom(netip.MustParseAddr("10.10.10.101"), 40000+uint16(i))
+		ck, cf, rk, rf := bpf.FlowPair(bpf.Connection{Client: c, Frontend: balancertest.Frontend, Backend: s1, SNATPort: p,
+			BackendIndex: ia(s1), State: bpf.FlowEstablished, ClientMAC: [6]byte{2, 1}, CreatedNs: created, LastSeenNs: created})
+		a.dp.PutConnection(ck, cf, rk, rf)
+	}
+	a.start(t)
+	b.start(t)
+	waitFor(t, "b in sync", 5*time.Second, func() bool { ok, _ := b.check(); return ok })
+	if got, want := b.dp.SNATNext(ib(s1)), uint32(12+1); got != want {
+		t.Fatalf("b's SNAT cursor for s1 after the resync: %d, want %d (the port after the newest, lo+12)", got, want)
+	}
+	if got := b.dp.SNATNext(ib(s2)); got != 0 {
+		t.Fatalf("b's SNAT cursor for s2 moved (%d) without a connection to it", got)
+	}
+	// A newer connection moves it on; a change to an older one does not
+	// move it back.
+	send := func(client netip.AddrPort, p uint16, created uint64) {
+		ck, cf, _, rf := bpf.FlowPair(bpf.Connection{Client: client, Frontend: balancertest.Frontend, Backend: s1, SNATPort: p,
+			BackendIndex: ia(s1), State: bpf.FlowEstablished, ClientMAC: [6]byte{2, 1}, CreatedNs: created, LastSeenNs: a.d.parts.now()})
+		a.events.ch <- bpf.SyncEvent{Kind: uint8(bpf.SyncUpsert), State: cf.State, Backend: ia(s1), Key: ck, SnatPort: cf.Sport,
+			ClientMac: rf.Dmac, CreatedNs: created, LastSeenNs: a.d.parts.now()}
+	}
+	newer := netip.MustParseAddrPort("10.10.10.102:40100")
+	send(newer, lo+20, a.d.parts.now())
+	waitFor(t, "the newer connection on b", 2*time.Second, func() bool { _, ok := conns(b.dp)[newer]; return ok })
+	if got := b.dp.SNATNext(ib(s1)); got != 21 {
+		t.Fatalf("b's SNAT cursor after a newer connection on lo+20: %d, want 21", got)
+	}
+	older := netip.AddrPortFrom(netip.MustParseAddr("10.10.10.101"), 40001)
+	send(older, lo+10, now)
+	time.Sleep(200 * time.Millisecond)
+	if got := b.dp.SNATNext(ib(s1)); got != 21 {
+		t.Fatalf("b's SNAT cursor moved back to %d by a change to an older connection", got)
+	}
+}

@@ -29,6 +29,7 @@ type Datapath struct {
 	capacity [2]uint32
 	refuse   bool
 	reset    bool
+	snatNext map[uint32]uint32
 	clients  map[netip.Addr]uint32
 }
 
@@ -283,6 +284,25 @@ func (f *Datapath) PutConnection(ck bpf.FlowKey, client bpf.Flow, rk bpf.FlowKey
 	f.flows[bpf.TableEstablished][rk] = reply
 	f.flows[bpf.TableEstablished][ck] = client
 	return nil
+}
+
+// SetSNATNext records where the data path's next SNAT port search to a
+// backend starts (offset plus one).
+func (f *Datapath) SetSNATNext(backend uint32, next uint32) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.snatNext == nil {
+		f.snatNext = map[uint32]uint32{}
+	}
+	f.snatNext[backend] = next
+	return nil
+}
+
+// SNATNext is what SetSNATNext last set for the backend (0: nothing).
+func (f *Datapath) SNATNext(backend uint32) uint32 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.snatNext[backend]
 }
 
 // SetNoBackendReset sets the data path's reset policy.
