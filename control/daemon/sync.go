@@ -359,9 +359,13 @@ func (s *syncer) install(r flowsync.Record, seen map[bpf.FlowKey]struct{}) {
 // still hold state for them): a takeover here goes on with the peer's
 // sequence instead of running into it. Newest by creation time, because a
 // bulk resync arrives in table order.
+//
+// Only while this node does not hold the VIP: a node that forwards keeps
+// its own turn (two nodes forwarding at once must not be drawn into the
+// same ports).
 func (s *syncer) followSNAT(backend uint32, created uint64, port uint16) {
 	l := s.local.Load()
-	if port < l.SNATLo || port > l.SNATHi {
+	if s.holds.Load() || port < l.SNATLo || port > l.SNATHi {
 		return
 	}
 	s.mu.Lock()
