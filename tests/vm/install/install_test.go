@@ -264,6 +264,12 @@ func TestKeepalivedTracksXdplb(t *testing.T) {
 		t.Helper()
 		cmd := exec.Command(name, args...)
 		cmd.Stdout, cmd.Stderr = &logs, &logs
+		// Its own process group: keepalived forks a VRRP child and track
+		// scripts that hold the output pipe, and a SIGKILL of the parent
+		// alone left them running (the 5.4 guest waited 8 minutes for
+		// the pipe to close). WaitDelay bounds that wait in any case.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		cmd.WaitDelay = 5 * time.Second
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -275,7 +281,7 @@ func TestKeepalivedTracksXdplb(t *testing.T) {
 				return
 			}
 			stopped = true
-			syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // the group we started
 			<-done
 		}
 		t.Cleanup(stop)
