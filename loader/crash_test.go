@@ -36,7 +36,7 @@ func TestCrashChild(t *testing.T) {
 		t.Skip("the child process of TestStartKilledAnywhere")
 	}
 	runtime.LockOSThread()
-	ns, err := netns.GetFromName(os.Getenv(crashEnvNetns))
+	ns, err := netns.GetFromPath(os.Getenv(crashEnvNetns))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,12 +77,12 @@ func TestStartKilledAnywhere(t *testing.T) {
 			t.Run(name, func(t *testing.T) {
 				var errs []string
 				fail := func(format string, args ...any) { errs = append(errs, fmt.Sprintf(format, args...)) }
-				inNamedNetns(t, func(bpffs, nsName string) {
+				inJoinableNetns(t, func(bpffs, nsPath string) {
 					opts := testOptions(bpffs, c.hook, bpf.XDPNative)
 					opts.NoLink = c.noLink
 					kill := func(what string) {
 						cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
-						cmd.Env = append(os.Environ(), crashEnvStep+"="+step, crashEnvNetns+"="+nsName,
+						cmd.Env = append(os.Environ(), crashEnvStep+"="+step, crashEnvNetns+"="+nsPath,
 							crashEnvBPFFS+"="+bpffs, crashEnvInstance+"="+opts.Instance, crashEnvHook+"="+string(c.hook))
 						if c.noLink {
 							cmd.Env = append(cmd.Env, crashEnvNoLink+"=1")

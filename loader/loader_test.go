@@ -28,12 +28,15 @@ import (
 // in a temp dir. Everything is removed afterwards, on failure too.
 func inNetns(t *testing.T, fn func(bpffs string)) {
 	t.Helper()
-	inNamedNetns(t, func(bpffs, _ string) { fn(bpffs) })
+	inJoinableNetns(t, func(bpffs, _ string) { fn(bpffs) })
 }
 
-// inNamedNetns is inNetns, also telling fn the namespace's name (for a
-// child process to join).
-func inNamedNetns(t *testing.T, fn func(bpffs, netnsName string)) {
+// inJoinableNetns is inNetns, also telling fn a path a child process opens
+// to join the namespace (/proc/<pid>/task/<tid>/ns/net). The namespace has
+// no name in /run/netns: it lives only as long as this thread, so it goes
+// with the test process however that ends (a named one outlived a test
+// binary killed mid-run, and its bind mount could not be removed).
+func inJoinableNetns(t *testing.T, fn func(bpffs, netnsPath string)) {
 	t.Helper()
 	testenv.RequireRoot(t, "creates a network namespace and attaches BPF programs")
 	bpffs := t.TempDir()
@@ -53,8 +56,7 @@ func inNamedNetns(t *testing.T, fn func(bpffs, netnsName string)) {
 			return
 		}
 		defer orig.Close()
-		name := "xlt" + randHex(4)
-		ns, err := netns.NewNamed(name)
+		ns, err := netns.New()
 		if err != nil {
 			errc <- fmt.Errorf("create netns: %w", err)
 			return
@@ -62,8 +64,8 @@ func inNamedNetns(t *testing.T, fn func(bpffs, netnsName string)) {
 		defer func() {
 			netns.Set(orig)
 			ns.Close()
-			netns.DeleteNamed(name)
 		}()
+		path := fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), unix.Gettid())
 		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth1"}, PeerName: "peer1"}
 		if err := netlink.LinkAdd(veth); err != nil {
 			errc <- fmt.Errorf("add veth: %w", err)
@@ -78,7 +80,7 @@ func inNamedNetns(t *testing.T, fn func(bpffs, netnsName string)) {
 				errc <- fmt.Errorf("panic: %v\n%s", r, debug.Stack())
 			}
 		}()
-		fn(bpffs, name)
+		fn(bpffs, path)
 		errc <- nil
 	}()
 	if err := <-errc; err != nil {
