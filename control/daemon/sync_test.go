@@ -147,17 +147,32 @@ func freePort(t *testing.T) uint16 {
 	return netip.MustParseAddrPort(ln.Addr().String()).Port()
 }
 
+// newSyncPair is two nodes syncing over loopback, a holding the VIP, with
+// the backends in opposite orders (so their indexes differ).
+func newSyncPair(t *testing.T) (a, b *syncRig) {
+	t.Helper()
+	port := freePort(t)
+	a = newSyncRig(t, lb1, netip.AddrPortFrom(lb2, port), []netip.AddrPort{s1, s2, s3})
+	b = newSyncRig(t, lb2, netip.AddrPortFrom(lb1, port), []netip.AddrPort{s3, s2, s1})
+	a.vip.Store(true)
+	a.d.sync.holds.Store(true)
+	return a, b
+}
+
+// upsertEvent is the data path's report of connection c.
+func upsertEvent(c bpf.Connection) bpf.SyncEvent {
+	ck, cf, _, rf := bpf.FlowPair(c)
+	return bpf.SyncEvent{Kind: uint8(bpf.SyncUpsert), State: cf.State, Backend: c.BackendIndex, Key: ck, SnatPort: cf.Sport,
+		ClientMac: rf.Dmac, CreatedNs: c.CreatedNs, LastSeenNs: c.LastSeenNs}
+}
+
 // TestSyncPair: a node that holds the VIP sends its whole table to a
 // starting peer, whose check fails until it has it (and which drops what
 // the holder no longer has); then each change: a new connection, a state
 // change, a deletion, a connection the holder's balancer purged. The
 // peer's entries use its own backend indexes.
 func TestSyncPair(t *testing.T) {
-	port := freePort(t)
-	a := newSyncRig(t, lb1, netip.AddrPortFrom(lb2, port), []netip.AddrPort{s1, s2, s3})
-	b := newSyncRig(t, lb2, netip.AddrPortFrom(lb1, port), []netip.AddrPort{s3, s2, s1})
-	a.vip.Store(true)
-	a.d.sync.holds.Store(true)
+	a, b := newSyncPair(t)
 	now := a.d.parts.now()
 	ia := func(addr netip.AddrPort) uint32 { return a.backend(t, addr).ID }
 	ib := func(addr netip.AddrPort) uint32 { return b.backend(t, addr).ID }
@@ -193,10 +208,8 @@ func TestSyncPair(t *testing.T) {
 
 	// A new connection, reported by a's data path.
 	c4 := netip.MustParseAddrPort("10.10.10.101:40004")
-	ck, cf, _, rf := bpf.FlowPair(bpf.Connection{Client: c4, Frontend: balancertest.Frontend, Backend: s3, SNATPort: 20004,
+	ev := upsertEvent(bpf.Connection{Client: c4, Frontend: balancertest.Frontend, Backend: s3, SNATPort: 20004,
 		BackendIndex: ia(s3), State: bpf.FlowEstablished, ClientMAC: [6]byte{2, 1}, CreatedNs: now, LastSeenNs: now})
-	ev := bpf.SyncEvent{Kind: uint8(bpf.SyncUpsert), State: cf.State, Backend: ia(s3), Key: ck, SnatPort: cf.Sport,
-		ClientMac: rf.Dmac, CreatedNs: now, LastSeenNs: now}
 	a.events.ch <- ev
 	waitFor(t, "the new connection on b", 2*time.Second, func() bool { _, ok := conns(b.dp)[c4]; return ok })
 	if got := conns(b.dp)[c4]; got != (connView{s3, ib(s3), 20004, bpf.FlowEstablished, true}) {
@@ -467,18 +480,11 @@ func TestReadSyncKey(t *testing.T) {
 // that after a takeover it hands out the ports after the peer's, not ones
 // the peer's connections hold.
 func TestSyncFollowsPeerSNAT(t *testing.T) {
-	port := freePort(t)
-	a := newSyncRig(t, lb1, netip.AddrPortFrom(lb2, port), []netip.AddrPort{s1, s2, s3})
-	b := newSyncRig(t, lb2, netip.AddrPortFrom(lb1, port), []netip.AddrPort{s3, s2, s1})
-	a.vip.Store(true)
-	a.d.sync.holds.Store(true)
+	a, b := newSyncPair(t)
 	now := a.d.parts.now()
 	ia := func(addr netip.AddrPort) uint32 { return a.backend(t, addr).ID }
 	ib := func(addr netip.AddrPort) uint32 { return b.backend(t, addr).ID }
 	lo := b.d.sync.local.Load().SNATLo
-	if lo == 0 {
-		lo = a.d.sync.local.Load().SNATLo
-	}
 	// Created in the order lo+10, lo+11, lo+12 (the newest); the table
 	// hands them over in its own order.
 	for i, p := range []uint16{lo + 12, lo + 10, lo + 11} {
@@ -500,10 +506,8 @@ func TestSyncFollowsPeerSNAT(t *testing.T) {
 	// A newer connection moves it on; a change to an older one does not
 	// move it back.
 	send := func(client netip.AddrPort, p uint16, created uint64) {
-		ck, cf, _, rf := bpf.FlowPair(bpf.Connection{Client: client, Frontend: balancertest.Frontend, Backend: s1, SNATPort: p,
+		a.events.ch <- upsertEvent(bpf.Connection{Client: client, Frontend: balancertest.Frontend, Backend: s1, SNATPort: p,
 			BackendIndex: ia(s1), State: bpf.FlowEstablished, ClientMAC: [6]byte{2, 1}, CreatedNs: created, LastSeenNs: a.d.parts.now()})
-		a.events.ch <- bpf.SyncEvent{Kind: uint8(bpf.SyncUpsert), State: cf.State, Backend: ia(s1), Key: ck, SnatPort: cf.Sport,
-			ClientMac: rf.Dmac, CreatedNs: created, LastSeenNs: a.d.parts.now()}
 	}
 	newer := netip.MustParseAddrPort("10.10.10.102:40100")
 	send(newer, lo+20, a.d.parts.now())
