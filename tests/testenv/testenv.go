@@ -6,7 +6,9 @@
 package testenv
 
 import (
+	"bytes"
 	"os"
+	"sync"
 	"testing"
 )
 
@@ -18,4 +20,23 @@ func RequireRoot(tb testing.TB, why string) {
 	if os.Geteuid() != 0 {
 		tb.Skipf("needs root (%s): run as root, as `sudo make test` does", why)
 	}
+}
+
+// SyncBuffer is a bytes.Buffer that several processes' output goes to
+// while the test reads it.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

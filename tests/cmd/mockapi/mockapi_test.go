@@ -10,34 +10,16 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/xdplb/xdplb/tests/apiserver"
+	"github.com/xdplb/xdplb/tests/testenv"
 )
 
-// syncBuffer is written by mockapi while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type running struct {
-	stdout, stderr *syncBuffer
+	stdout, stderr *testenv.SyncBuffer
 	sigs           chan os.Signal
 	done           chan error
 	addrs          map[string]string
@@ -45,7 +27,7 @@ type running struct {
 
 func startMockapi(t *testing.T, args ...string) *running {
 	t.Helper()
-	r := &running{stdout: &syncBuffer{}, stderr: &syncBuffer{}, sigs: make(chan os.Signal, 4), done: make(chan error, 1), addrs: map[string]string{}}
+	r := &running{stdout: &testenv.SyncBuffer{}, stderr: &testenv.SyncBuffer{}, sigs: make(chan os.Signal, 4), done: make(chan error, 1), addrs: map[string]string{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { r.done <- mockapi(ctx, r.stdout, r.stderr, args, r.sigs) }()
 	t.Cleanup(func() {

@@ -12,7 +12,6 @@
 package install
 
 import (
-	"bytes"
 	"context"
 	"debug/elf"
 	"encoding/json"
@@ -22,7 +21,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -254,7 +252,7 @@ func TestKeepalivedTracksXdplb(t *testing.T) {
 	mustRun(t, "cp", "/usr/share/doc/xdplb/examples/keepalived.conf", "/etc/keepalived/keepalived.conf")
 	dir := t.TempDir()
 
-	var logs syncBuffer // the daemons' output, shown if the test fails
+	var logs testenv.SyncBuffer // the daemons' output, shown if the test fails
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("xdplb and keepalived said:\n%s", logs.String())
@@ -428,22 +426,4 @@ func xdpAttached(t *testing.T, name string) bool {
 	}
 	x := l.Attrs().Xdp
 	return x != nil && x.Attached
-}
-
-// syncBuffer is a bytes.Buffer several processes' output goes to.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
